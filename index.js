@@ -1,0 +1,334 @@
+'use strict';
+// @ts-check
+
+const { Store } = require('express-session');
+const { NativeStore } = require('./lib/binding');
+const { fromNative, codedError, describe } = require('./lib/errors');
+const { expiryOf } = require('./lib/expiry');
+const { normalizeOptions, nativeOptions } = require('./lib/options');
+
+/** Longest sid the `varchar(255)` column holds. */
+const MAX_SID_LENGTH = 255;
+
+const noop = () => {};
+
+/**
+ * An express-session store that keeps sessions in SQLite, PostgreSQL or MySQL/MariaDB through
+ * a native (Rust) core.
+ */
+class KnexSessionStore extends Store {
+  /** @type {any} */
+  #native;
+  #ttl;
+  #disableTouch;
+  #onError;
+  /** @type {Promise<void> | undefined} */
+  #closing;
+  #cleanupRunning = false;
+
+  /** @param {Record<string, unknown>} [options] */
+  constructor(options = {}) {
+    super();
+    const normalized = normalizeOptions(options);
+    const settings = normalized.options;
+    /** The options in force, with defaults filled in and old spellings resolved. */
+    this.options = settings;
+    this.#ttl = settings.ttl;
+    this.#disableTouch = settings.disableTouch;
+    this.#onError = settings.onError || settings.onDbCleanupError || defaultErrorHook;
+
+    try {
+      this.#native = new NativeStore(nativeOptions(normalized));
+    } catch (error) {
+      throw fromNative(error);
+    }
+
+    /** @type {NodeJS.Timeout | undefined} */
+    this.nextDbCleanup = undefined;
+    /**
+     * Settles when the table is created or checked. A rejection reaches whoever awaits it and
+     * never becomes an unhandled rejection.
+     */
+    this.ready = this.#native.ready().then(
+      () => {
+        this.emit('connect');
+      },
+      (/** @type {unknown} */ error) => {
+        throw fromNative(error);
+      },
+    );
+    this.ready.catch(noop);
+
+    const interval = settings.cleanupInterval;
+    if (!settings.disableDbCleanup && interval > 0) {
+      const onCleanupError = settings.onDbCleanupError || defaultErrorHook;
+      this.ready.then(
+        () => this.#cleanup(interval, onCleanupError),
+        () => this.#scheduleCleanup(interval, onCleanupError),
+      );
+    }
+  }
+
+  /**
+   * Returns the session stored under `sid`, or null when there is none or it has expired.
+   * @param {string} sid
+   * @param {(err: any, session?: any) => void} [callback]
+   */
+  get(sid, callback) {
+    return this.#run(callback, async () => {
+      checkSid(sid);
+      const json = await this.#native.get(sid);
+      return json === null ? null : this.#parse(json);
+    });
+  }
+
+  /**
+   * Inserts or replaces the session stored under `sid`.
+   * @param {string} sid
+   * @param {any} session
+   * @param {(err?: any) => void} [callback]
+   */
+  set(sid, session, callback) {
+    return this.#run(callback, async () => {
+      checkSid(sid);
+      checkSession(session);
+      const expires = expiryOf(session, this.#ttl, Date.now());
+      await this.#native.set(sid, serialize(sid, session), expires);
+    });
+  }
+
+  /**
+   * Moves the expiry of a live session; never creates or revives one.
+   * @param {string} sid
+   * @param {any} session
+   * @param {(err?: any) => void} [callback]
+   */
+  touch(sid, session, callback) {
+    return this.#run(callback, async () => {
+      checkSid(sid);
+      checkSession(session);
+      if (this.#disableTouch) return;
+      const expires = expiryOf(session, this.#ttl, Date.now());
+      await this.#native.touch(sid, expires);
+    });
+  }
+
+  /**
+   * Deletes the session stored under `sid`; resolves with the number of rows deleted.
+   * @param {string} sid
+   * @param {(err?: any, deleted?: number) => void} [callback]
+   */
+  destroy(sid, callback) {
+    return this.#run(callback, async () => {
+      checkSid(sid);
+      return this.#native.destroy(sid);
+    });
+  }
+
+  /**
+   * Returns every live session, as an array.
+   * @param {(err: any, sessions?: any[]) => void} [callback]
+   */
+  all(callback) {
+    return this.#run(callback, async () => {
+      const rows = await this.#native.all();
+      const sessions = [];
+      for (const json of rows) {
+        const session = this.#parse(json);
+        if (session !== null) sessions.push(session);
+      }
+      return sessions;
+    });
+  }
+
+  /**
+   * Counts live sessions.
+   * @param {(err: any, length?: number) => void} [callback]
+   */
+  length(callback) {
+    return this.#run(callback, () => this.#native.length());
+  }
+
+  /**
+   * Deletes every session; resolves with the number of rows deleted.
+   * @param {(err?: any, deleted?: number) => void} [callback]
+   */
+  clear(callback) {
+    return this.#run(callback, () => this.#native.clear());
+  }
+
+  /**
+   * Stops the cleanup and closes the connection pool. Calling it again returns the same promise.
+   * @param {(err?: any) => void} [callback]
+   */
+  close(callback) {
+    this.stopDbCleanup();
+    if (!this.#closing) this.#closing = this.#native.close();
+    const closing = this.#closing;
+    return this.#run(callback, () => closing);
+  }
+
+  /** Stops the periodic deletion of expired sessions (connect-session-knex 1.x-4.x). */
+  stopDbCleanup() {
+    clearTimeout(this.nextDbCleanup);
+    this.nextDbCleanup = undefined;
+    this.#cleanupRunning = false;
+  }
+
+  /** Returns the timer of the next cleanup, if one is scheduled (connect-session-knex 1.x-4.x). */
+  getNextDbCleanup() {
+    return this.nextDbCleanup;
+  }
+
+  /**
+   * Runs `work` and settles the call: with a callback, calls it exactly once on a later tick
+   * and returns a promise that never rejects; without one, returns a promise that rejects on
+   * error.
+   * @template T
+   * @param {Function | undefined} callback
+   * @param {() => Promise<T> | T} work
+   * @returns {Promise<T | undefined>}
+   */
+  #run(callback, work) {
+    const promise = (async () => {
+      try {
+        return await work();
+      } catch (error) {
+        throw fromNative(error);
+      }
+    })();
+    if (typeof callback !== 'function') return promise;
+    return promise.then(
+      (value) => {
+        process.nextTick(callback, null, value);
+        return value;
+      },
+      (error) => {
+        process.nextTick(callback, error);
+        return undefined;
+      },
+    );
+  }
+
+  /** Parses a stored session; a row that is not JSON is reported and read as no session. */
+  #parse(/** @type {string} */ json) {
+    try {
+      return JSON.parse(json);
+    } catch (cause) {
+      const error = codedError(
+        'ERR_CORRUPT_SESSION',
+        'a stored session is not valid JSON and was treated as missing: delete the row or fix its sess column',
+        Error,
+        cause,
+      );
+      this.#report(error);
+      return null;
+    }
+  }
+
+  #report(/** @type {unknown} */ error) {
+    try {
+      this.#onError(error);
+    } catch (hookError) {
+      process.nextTick(() => {
+        throw hookError;
+      });
+    }
+  }
+
+  /**
+   * @param {number} interval
+   * @param {(error: unknown) => void} onCleanupError
+   */
+  async #cleanup(interval, onCleanupError) {
+    if (this.#closing) return;
+    this.#cleanupRunning = true;
+    try {
+      await this.#native.deleteExpired();
+    } catch (error) {
+      if (!this.#closing) {
+        try {
+          onCleanupError(fromNative(error));
+        } catch (hookError) {
+          process.nextTick(() => {
+            throw hookError;
+          });
+        }
+      }
+    }
+    if (this.#cleanupRunning) this.#scheduleCleanup(interval, onCleanupError);
+  }
+
+  /**
+   * Schedules the next cleanup after `interval` ms give or take 10%, so that app instances
+   * sharing one table do not all delete at the same moment.
+   * @param {number} interval
+   * @param {(error: unknown) => void} onCleanupError
+   */
+  #scheduleCleanup(interval, onCleanupError) {
+    if (this.#closing) return;
+    this.#cleanupRunning = true;
+    const delay = Math.max(1, Math.round(interval * (0.9 + Math.random() * 0.2)));
+    this.nextDbCleanup = setTimeout(() => this.#cleanup(interval, onCleanupError), delay).unref();
+  }
+}
+
+function defaultErrorHook(/** @type {unknown} */ error) {
+  console.error(error);
+}
+
+/** @param {unknown} sid */
+function checkSid(sid) {
+  if (typeof sid !== 'string' || sid.length === 0) {
+    throw codedError('ERR_INVALID_ARGUMENT', `sid must be a non-empty string, got ${describe(sid)}`, TypeError);
+  }
+  if (sid.length > MAX_SID_LENGTH && [...sid].length > MAX_SID_LENGTH) {
+    throw codedError(
+      'ERR_INVALID_ARGUMENT',
+      `sid is ${[...sid].length} characters long, more than the ${MAX_SID_LENGTH} the sid column holds`,
+      RangeError,
+    );
+  }
+  if (sid.includes('\0')) {
+    throw codedError('ERR_INVALID_ARGUMENT', 'sid must not contain NUL characters', TypeError);
+  }
+}
+
+/** @param {unknown} session */
+function checkSession(session) {
+  if (session === null || typeof session !== 'object' || Array.isArray(session)) {
+    throw codedError('ERR_INVALID_ARGUMENT', `session must be an object, got ${describe(session)}`, TypeError);
+  }
+}
+
+/**
+ * Serialises a session exactly as JSON.stringify does, so Cookie getters and toJSON apply.
+ * @param {string} sid
+ * @param {object} session
+ */
+function serialize(sid, session) {
+  try {
+    return JSON.stringify(session);
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message.split('\n')[0] : String(cause);
+    throw codedError(
+      'ERR_SESSION_NOT_SERIALIZABLE',
+      `session cannot be stored because JSON.stringify failed (${reason}): remove cycles and BigInt values from it`,
+      TypeError,
+      cause,
+    );
+  }
+}
+
+/**
+ * The 1.x-4.x form: `require('connect-session-knex')(session)` returns the store class.
+ * @param {unknown} [_session]
+ */
+function connectSessionKnex(_session) {
+  return KnexSessionStore;
+}
+
+module.exports = connectSessionKnex;
+module.exports.KnexSessionStore = KnexSessionStore;
+module.exports.ConnectSessionKnexStore = KnexSessionStore;
+module.exports.default = KnexSessionStore;

@@ -1,0 +1,4 @@
+import connectSessionKnex from './index.js';
+
+export const { KnexSessionStore, ConnectSessionKnexStore } = connectSessionKnex;
+export default KnexSessionStore;

@@ -1,0 +1,183 @@
+//! One small interface over the three SQL dialects.
+//!
+//! `Backend` is an enum rather than a trait object because the dialect is picked at run time from
+//! the configuration, the set is closed, and each arm only forwards. The three modules keep the
+//! same function names in the same order, so a diff between them shows only real differences.
+
+#![forbid(unsafe_code)]
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{PoolConfig, Target};
+use crate::error::Result;
+use crate::schema::TableNames;
+
+/// Most rows one cleanup statement deletes, so a backlog of expired rows never holds a long lock.
+pub const CLEANUP_BATCH: u32 = 5_000;
+
+/// What a backend needs besides the target.
+#[derive(Clone, Debug)]
+pub struct Settings {
+  pub table_name: String,
+  pub sid_field_name: String,
+  pub create_table: bool,
+  pub pool: PoolConfig,
+}
+
+/// SQL text of every operation, built once when the backend opens.
+#[derive(Debug)]
+struct Statements {
+  get: String,
+  set: String,
+  touch: String,
+  destroy: String,
+  clear: String,
+  length: String,
+  all: String,
+  delete_expired: String,
+}
+
+/// A connected dialect with its pools and statements.
+pub enum Backend {
+  Sqlite(sqlite::Sqlite),
+  Postgres(postgres::Postgres),
+  Mysql(mysql::Mysql),
+}
+
+impl Backend {
+  /// Connects, creates or checks the table, and prepares the statements for its column types.
+  pub async fn open(target: &Target, settings: &Settings) -> Result<Self> {
+    match target {
+      Target::Sqlite {
+        options,
+        in_memory,
+        label,
+      } => {
+        let names = TableNames::new(&settings.table_name, &settings.sid_field_name, false)?;
+        let backend = sqlite::Sqlite::open(options, *in_memory, label, names, settings).await?;
+        Ok(Self::Sqlite(backend))
+      }
+      Target::Postgres { options, label } => {
+        let names = TableNames::new(&settings.table_name, &settings.sid_field_name, true)?;
+        let backend = postgres::Postgres::open(options, label, names, settings).await?;
+        Ok(Self::Postgres(backend))
+      }
+      Target::Mysql { options, label } => {
+        let names = TableNames::new(&settings.table_name, &settings.sid_field_name, false)?;
+        let backend = mysql::Mysql::open(options, label, names, settings).await?;
+        Ok(Self::Mysql(backend))
+      }
+    }
+  }
+
+  /// Returns the stored JSON of a live session.
+  pub async fn get(&self, sid: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+    match self {
+      Self::Sqlite(db) => db.get(sid, now).await,
+      Self::Postgres(db) => db.get(sid, now).await,
+      Self::Mysql(db) => db.get(sid, now).await,
+    }
+  }
+
+  /// Inserts or replaces a session in one statement.
+  pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
+    match self {
+      Self::Sqlite(db) => db.set(sid, sess, expires).await,
+      Self::Postgres(db) => db.set(sid, sess, expires).await,
+      Self::Mysql(db) => db.set(sid, sess, expires).await,
+    }
+  }
+
+  /// Moves the expiry of a live session; returns the rows changed (0 or 1).
+  pub async fn touch(&self, sid: &str, expires: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64> {
+    match self {
+      Self::Sqlite(db) => db.touch(sid, expires, now).await,
+      Self::Postgres(db) => db.touch(sid, expires, now).await,
+      Self::Mysql(db) => db.touch(sid, expires, now).await,
+    }
+  }
+
+  /// Deletes one session, live or expired; returns the rows deleted.
+  pub async fn destroy(&self, sid: &str) -> Result<u64> {
+    match self {
+      Self::Sqlite(db) => db.destroy(sid).await,
+      Self::Postgres(db) => db.destroy(sid).await,
+      Self::Mysql(db) => db.destroy(sid).await,
+    }
+  }
+
+  /// Deletes every session; returns the rows deleted.
+  pub async fn clear(&self) -> Result<u64> {
+    match self {
+      Self::Sqlite(db) => db.clear().await,
+      Self::Postgres(db) => db.clear().await,
+      Self::Mysql(db) => db.clear().await,
+    }
+  }
+
+  /// Counts live sessions.
+  pub async fn length(&self, now: DateTime<Utc>) -> Result<u64> {
+    match self {
+      Self::Sqlite(db) => db.length(now).await,
+      Self::Postgres(db) => db.length(now).await,
+      Self::Mysql(db) => db.length(now).await,
+    }
+  }
+
+  /// Returns the stored JSON of every live session.
+  pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    match self {
+      Self::Sqlite(db) => db.all(now).await,
+      Self::Postgres(db) => db.all(now).await,
+      Self::Mysql(db) => db.all(now).await,
+    }
+  }
+
+  /// Deletes at most `CLEANUP_BATCH` expired sessions; returns the rows deleted.
+  pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+    match self {
+      Self::Sqlite(db) => db.delete_expired(now).await,
+      Self::Postgres(db) => db.delete_expired(now).await,
+      Self::Mysql(db) => db.delete_expired(now).await,
+    }
+  }
+
+  /// Closes the pools, waiting for connections in use to be returned.
+  pub async fn close(&self) {
+    match self {
+      Self::Sqlite(db) => db.close().await,
+      Self::Postgres(db) => db.close().await,
+      Self::Mysql(db) => db.close().await,
+    }
+  }
+}
+
+/// Checks that a table found in the database has the three columns the store uses.
+fn check_columns(names: &TableNames, columns: &[(String, String)]) -> Result<()> {
+  for wanted in [names.sid_column.as_str(), "sess", "expired"] {
+    if !columns.iter().any(|(name, _)| name == wanted) {
+      let found: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+      return Err(crate::error::StoreError::TableUnusable {
+        table: names.display(),
+        reason: format!(
+          "column {wanted:?} is missing (found {}); check tableName and sidFieldName",
+          found.join(", ")
+        ),
+      });
+    }
+  }
+  Ok(())
+}
+
+/// Returns the type name the database reports for `column`, lowercased.
+fn column_type(columns: &[(String, String)], column: &str) -> String {
+  columns
+    .iter()
+    .find(|(name, _)| name == column)
+    .map(|(_, kind)| kind.to_ascii_lowercase())
+    .unwrap_or_default()
+}

@@ -1,0 +1,263 @@
+//! MySQL and MariaDB: `sess` is `JSON` (a checked `LONGTEXT` on MariaDB) and `expired` is
+//! `DATETIME(3)` holding UTC. sqlx runs `SET time_zone='+00:00'` on every connection.
+//!
+//! Sids are compared byte for byte: new tables use a binary no-pad collation, and every lookup
+//! adds a `CAST(... AS BINARY)` test, because tables made by older stores often use a
+//! case-insensitive collation that pads trailing spaces.
+
+#![forbid(unsafe_code)]
+
+use chrono::{DateTime, Utc};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{ConnectOptions, Connection, MySqlConnection, Row};
+
+use super::{check_columns, Settings, Statements, CLEANUP_BATCH};
+use crate::error::{Result, StoreError};
+use crate::schema::{Quote, TableNames};
+
+/// InnoDB error numbers after which the same statement may simply run again.
+const DEADLOCK: u16 = 1213;
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+pub struct Mysql {
+  pool: MySqlPool,
+  sql: Statements,
+  label: String,
+}
+
+impl Mysql {
+  pub async fn open(
+    options: &MySqlConnectOptions,
+    label: &str,
+    names: TableNames,
+    settings: &Settings,
+  ) -> Result<Self> {
+    let fail = |operation, error| StoreError::from_sqlx(operation, label, error);
+    let pool = settings.pool;
+    let connect = tokio::time::timeout(pool.acquire(), options.connect());
+    let mut conn = match connect.await {
+      Ok(conn) => conn.map_err(|error| connect_error(label, error))?,
+      Err(_) => {
+        return Err(StoreError::PoolTimeout {
+          target: label.to_owned(),
+        })
+      }
+    };
+
+    if settings.create_table {
+      create_table(&mut conn, &names)
+        .await
+        .map_err(|error| fail("creating the table", error))?;
+    }
+    let columns = columns(&mut conn, &names)
+      .await
+      .map_err(|error| fail("reading the table layout", error))?;
+    if columns.is_empty() {
+      return Err(StoreError::TableMissing {
+        table: names.display(),
+        target: label.to_owned(),
+      });
+    }
+    check_columns(&names, &columns)?;
+    conn.close().await.map_err(|error| fail("setup", error))?;
+
+    let pool = MySqlPoolOptions::new()
+      .max_connections(pool.max.unwrap_or(10).max(1))
+      .min_connections(pool.min.unwrap_or(0))
+      .acquire_timeout(pool.acquire())
+      .idle_timeout(pool.idle())
+      .connect_lazy_with(options.clone());
+    Ok(Self {
+      pool,
+      sql: statements(&names),
+      label: label.to_owned(),
+    })
+  }
+
+  pub async fn get(&self, sid: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+    let row = sqlx::query(&self.sql.get)
+      .bind(sid)
+      .bind(sid)
+      .bind(now)
+      .fetch_optional(&self.pool)
+      .await
+      .map_err(|error| self.fail("get", error))?;
+    row.map(|row| self.sess_of(&row, sid)).transpose()
+  }
+
+  pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
+    let mut retried = false;
+    loop {
+      let result = sqlx::query(&self.sql.set)
+        .bind(sid)
+        .bind(sess)
+        .bind(expires)
+        .execute(&self.pool)
+        .await;
+      match result {
+        Ok(_) => return Ok(()),
+        // The upsert is idempotent, so one rerun after a deadlock between first writes of
+        // the same sid is safe.
+        Err(error) if !retried && is_retryable(&error) => retried = true,
+        Err(error) => return Err(self.fail("set", error)),
+      }
+    }
+  }
+
+  pub async fn touch(&self, sid: &str, expires: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(&self.sql.touch)
+      .bind(expires)
+      .bind(sid)
+      .bind(sid)
+      .bind(now)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("touch", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn destroy(&self, sid: &str) -> Result<u64> {
+    let done = sqlx::query(&self.sql.destroy)
+      .bind(sid)
+      .bind(sid)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("destroy", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn clear(&self) -> Result<u64> {
+    let done = sqlx::query(&self.sql.clear)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("clear", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn length(&self, now: DateTime<Utc>) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(&self.sql.length)
+      .bind(now)
+      .fetch_one(&self.pool)
+      .await
+      .map_err(|error| self.fail("length", error))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+  }
+
+  pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    let rows = sqlx::query(&self.sql.all)
+      .bind(now)
+      .fetch_all(&self.pool)
+      .await
+      .map_err(|error| self.fail("all", error))?;
+    rows.iter().map(|row| self.sess_of(row, "")).collect()
+  }
+
+  pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(&self.sql.delete_expired)
+      .bind(now)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("cleanup", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn close(&self) {
+    self.pool.close().await;
+  }
+
+  /// Decodes `sess` as bytes: MariaDB reports its JSON type as a binary LONGTEXT and MySQL 8
+  /// as JSON, which the checked text decoder rejects.
+  fn sess_of(&self, row: &MySqlRow, sid: &str) -> Result<String> {
+    let bytes: Vec<u8> = row
+      .try_get_unchecked(0)
+      .map_err(|error| self.fail("reading a session", error))?;
+    String::from_utf8(bytes).map_err(|_| StoreError::CorruptRow {
+      sid: crate::store::short_sid(sid),
+      reason: "sess is not valid UTF-8".into(),
+    })
+  }
+
+  fn fail(&self, operation: &'static str, error: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(operation, &self.label, error)
+  }
+}
+
+fn is_retryable(error: &sqlx::Error) -> bool {
+  let Some(db) = error.as_database_error() else {
+    return false;
+  };
+  let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() else {
+    return false;
+  };
+  matches!(mysql.number(), DEADLOCK | LOCK_WAIT_TIMEOUT)
+}
+
+async fn create_table(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::Result<()> {
+  let version: String = sqlx::query_scalar("SELECT VERSION()")
+    .fetch_one(&mut *conn)
+    .await?;
+  // Binary no-pad collations: `a` and `A`, and `a` and `a `, are different sids.
+  let collation = if version.to_ascii_lowercase().contains("mariadb") {
+    "utf8mb4_nopad_bin"
+  } else if version.starts_with('5') {
+    "utf8mb4_bin"
+  } else {
+    "utf8mb4_0900_bin"
+  };
+  let table = names.quoted_table(Quote::Backtick);
+  let sid = names.quoted_sid(Quote::Backtick);
+  let index = names.quoted_index(Quote::Backtick);
+  let ddl = format!(
+    "CREATE TABLE IF NOT EXISTS {table} (\
+     {sid} VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL, \
+     `sess` JSON NOT NULL, `expired` DATETIME(3) NOT NULL, \
+     PRIMARY KEY ({sid}), INDEX {index} (`expired`)) DEFAULT CHARACTER SET utf8mb4"
+  );
+  sqlx::query(&ddl).execute(conn).await?;
+  Ok(())
+}
+
+async fn columns(
+  conn: &mut MySqlConnection,
+  names: &TableNames,
+) -> sqlx::Result<Vec<(String, String)>> {
+  let rows = sqlx::query(
+    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+  )
+  .bind(&names.table)
+  .fetch_all(conn)
+  .await?;
+  rows
+    .iter()
+    .map(|row| Ok((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?)))
+    .collect()
+}
+
+fn statements(names: &TableNames) -> Statements {
+  let table = names.quoted_table(Quote::Backtick);
+  let sid = names.quoted_sid(Quote::Backtick);
+  let exact = format!("{sid} = ? AND CAST({sid} AS BINARY) = CAST(? AS BINARY)");
+  Statements {
+    get: format!("SELECT `sess` FROM {table} WHERE {exact} AND `expired` >= ?"),
+    // NOTE: VALUES() in ON DUPLICATE KEY UPDATE is deprecated since MySQL 8.0.20 but still
+    // works; the row-alias form that replaces it is not understood by MariaDB.
+    set: format!(
+      "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES (?, ?, ?) \
+       ON DUPLICATE KEY UPDATE `sess` = VALUES(`sess`), `expired` = VALUES(`expired`)"
+    ),
+    touch: format!("UPDATE {table} SET `expired` = ? WHERE {exact} AND `expired` >= ?"),
+    destroy: format!("DELETE FROM {table} WHERE {exact}"),
+    clear: format!("DELETE FROM {table}"),
+    length: format!("SELECT count(*) FROM {table} WHERE `expired` >= ?"),
+    all: format!("SELECT `sess` FROM {table} WHERE `expired` >= ?"),
+    delete_expired: format!("DELETE FROM {table} WHERE `expired` < ? LIMIT {CLEANUP_BATCH}"),
+  }
+}
+
+fn connect_error(label: &str, error: sqlx::Error) -> StoreError {
+  StoreError::Connect {
+    target: label.to_owned(),
+    source: error,
+  }
+}

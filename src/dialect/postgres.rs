@@ -1,0 +1,225 @@
+//! PostgreSQL: `sess` is `json` (also `jsonb` or `text` in older tables) and `expired` is
+//! `timestamptz`. sqlx sets `TimeZone=UTC` on every connection.
+
+#![forbid(unsafe_code)]
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+use super::{check_columns, column_type, Settings, Statements, CLEANUP_BATCH};
+use crate::error::{Result, StoreError};
+use crate::schema::{Quote, TableNames};
+
+pub struct Postgres {
+  pool: PgPool,
+  sql: Statements,
+  label: String,
+}
+
+impl Postgres {
+  pub async fn open(
+    options: &PgConnectOptions,
+    label: &str,
+    names: TableNames,
+    settings: &Settings,
+  ) -> Result<Self> {
+    let fail = |operation, error| StoreError::from_sqlx(operation, label, error);
+    let pool = settings.pool;
+    let connect = tokio::time::timeout(pool.acquire(), options.connect());
+    let mut conn = match connect.await {
+      Ok(conn) => conn.map_err(|error| connect_error(label, error))?,
+      Err(_) => {
+        return Err(StoreError::PoolTimeout {
+          target: label.to_owned(),
+        })
+      }
+    };
+
+    if settings.create_table {
+      create_table(&mut conn, &names)
+        .await
+        .map_err(|error| fail("creating the table", error))?;
+    }
+    let columns = columns(&mut conn, &names)
+      .await
+      .map_err(|error| fail("reading the table layout", error))?;
+    if columns.is_empty() {
+      return Err(StoreError::TableMissing {
+        table: names.display(),
+        target: label.to_owned(),
+      });
+    }
+    check_columns(&names, &columns)?;
+    let sql = statements(&names, &column_type(&columns, "sess"));
+    conn.close().await.map_err(|error| fail("setup", error))?;
+
+    let pool = PgPoolOptions::new()
+      .max_connections(pool.max.unwrap_or(10).max(1))
+      .min_connections(pool.min.unwrap_or(0))
+      .acquire_timeout(pool.acquire())
+      .idle_timeout(pool.idle())
+      .connect_lazy_with(options.clone());
+    Ok(Self {
+      pool,
+      sql,
+      label: label.to_owned(),
+    })
+  }
+
+  pub async fn get(&self, sid: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+    sqlx::query_scalar(&self.sql.get)
+      .bind(sid)
+      .bind(now)
+      .fetch_optional(&self.pool)
+      .await
+      .map_err(|error| self.fail("get", error))
+  }
+
+  pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
+    sqlx::query(&self.sql.set)
+      .bind(sid)
+      .bind(sess)
+      .bind(expires)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("set", error))?;
+    Ok(())
+  }
+
+  pub async fn touch(&self, sid: &str, expires: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(&self.sql.touch)
+      .bind(sid)
+      .bind(expires)
+      .bind(now)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("touch", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn destroy(&self, sid: &str) -> Result<u64> {
+    let done = sqlx::query(&self.sql.destroy)
+      .bind(sid)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("destroy", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn clear(&self) -> Result<u64> {
+    let done = sqlx::query(&self.sql.clear)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("clear", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn length(&self, now: DateTime<Utc>) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(&self.sql.length)
+      .bind(now)
+      .fetch_one(&self.pool)
+      .await
+      .map_err(|error| self.fail("length", error))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+  }
+
+  pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    sqlx::query_scalar(&self.sql.all)
+      .bind(now)
+      .fetch_all(&self.pool)
+      .await
+      .map_err(|error| self.fail("all", error))
+  }
+
+  pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(&self.sql.delete_expired)
+      .bind(now)
+      .execute(&self.pool)
+      .await
+      .map_err(|error| self.fail("cleanup", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn close(&self) {
+    self.pool.close().await;
+  }
+
+  fn fail(&self, operation: &'static str, error: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(operation, &self.label, error)
+  }
+}
+
+async fn create_table(conn: &mut PgConnection, names: &TableNames) -> sqlx::Result<()> {
+  let table = names.quoted_table(Quote::Double);
+  let sid = names.quoted_sid(Quote::Double);
+  let index = names.quoted_index(Quote::Double);
+  let ddl = [
+    format!(
+      "CREATE TABLE IF NOT EXISTS {table} ({sid} varchar(255) NOT NULL PRIMARY KEY, \
+       \"sess\" json NOT NULL, \"expired\" timestamptz NOT NULL)"
+    ),
+    format!("CREATE INDEX IF NOT EXISTS {index} ON {table} (\"expired\")"),
+  ];
+  for statement in ddl {
+    if let Err(error) = sqlx::query(&statement).execute(&mut *conn).await {
+      // Two processes creating the table at once: the loser gets a unique violation on the
+      // catalog, and the table is there all the same.
+      let raced = error
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation());
+      if !raced {
+        return Err(error);
+      }
+    }
+  }
+  Ok(())
+}
+
+/// Returns the columns of the table with their types, or nothing when the table is missing.
+async fn columns(
+  conn: &mut PgConnection,
+  names: &TableNames,
+) -> sqlx::Result<Vec<(String, String)>> {
+  sqlx::query_as(
+    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+  )
+  .bind(names.quoted_table(Quote::Double))
+  .fetch_all(conn)
+  .await
+}
+
+fn statements(names: &TableNames, sess_type: &str) -> Statements {
+  let table = names.quoted_table(Quote::Double);
+  let sid = names.quoted_sid(Quote::Double);
+  let sess_param = match sess_type {
+    "jsonb" => "$2::jsonb",
+    "json" => "$2::json",
+    _ => "$2",
+  };
+  Statements {
+    get: format!("SELECT \"sess\"::text FROM {table} WHERE {sid} = $1 AND \"expired\" >= $2"),
+    set: format!(
+      "INSERT INTO {table} ({sid}, \"sess\", \"expired\") VALUES ($1, {sess_param}, $3) \
+       ON CONFLICT ({sid}) DO UPDATE SET \"sess\" = excluded.\"sess\", \
+       \"expired\" = excluded.\"expired\""
+    ),
+    touch: format!("UPDATE {table} SET \"expired\" = $2 WHERE {sid} = $1 AND \"expired\" >= $3"),
+    destroy: format!("DELETE FROM {table} WHERE {sid} = $1"),
+    clear: format!("DELETE FROM {table}"),
+    length: format!("SELECT count(*) FROM {table} WHERE \"expired\" >= $1"),
+    all: format!("SELECT \"sess\"::text FROM {table} WHERE \"expired\" >= $1"),
+    delete_expired: format!(
+      "DELETE FROM {table} WHERE {sid} IN (SELECT {sid} FROM {table} \
+       WHERE \"expired\" < $1 LIMIT {CLEANUP_BATCH}) AND \"expired\" < $1"
+    ),
+  }
+}
+
+fn connect_error(label: &str, error: sqlx::Error) -> StoreError {
+  StoreError::Connect {
+    target: label.to_owned(),
+    source: error,
+  }
+}

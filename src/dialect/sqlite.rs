@@ -1,0 +1,295 @@
+//! SQLite: `expired` is ISO-8601 text with milliseconds and `Z`, as knex writes `toISOString()`.
+//!
+//! Comparisons go through `unixepoch(expired, 'subsec')`, so rows in the older
+//! `YYYY-MM-DD HH:MM:SS` form compare by the instant they name, not by their spelling.
+//! Writes go through a pool of one connection and reads through a pool of several, because
+//! SQLite allows one writer at a time and WAL mode lets readers run beside it.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+  SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+
+use super::{check_columns, Settings, Statements, CLEANUP_BATCH};
+use crate::error::{Result, StoreError};
+use crate::schema::{Quote, TableNames};
+
+/// Readers opened by default beside the single writer.
+const DEFAULT_READERS: u32 = 4;
+
+/// How long a write waits for another process's lock on the file before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Sqlite {
+  writer: SqlitePool,
+  reader: SqlitePool,
+  sql: Statements,
+  label: String,
+}
+
+impl Sqlite {
+  pub async fn open(
+    options: &SqliteConnectOptions,
+    in_memory: bool,
+    label: &str,
+    names: TableNames,
+    settings: &Settings,
+  ) -> Result<Self> {
+    let mut options = options.clone().busy_timeout(BUSY_TIMEOUT);
+    if !in_memory {
+      // NORMAL in WAL mode keeps every commit across a process crash; a power loss may undo
+      // the last commits but never corrupts the file.
+      options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    }
+    let setup_error = |error| match error {
+      Setup::Sql(error) => StoreError::from_sqlx("creating the table", label, error),
+      Setup::Store(error) => error,
+    };
+    let pool = settings.pool;
+    let acquire = pool.acquire();
+    let writer_options = SqlitePoolOptions::new()
+      .max_connections(1)
+      .acquire_timeout(acquire);
+
+    let (writer, reader) = if in_memory {
+      // Every connection to `:memory:` is a database of its own, so one connection serves
+      // reads and writes, and it is never dropped as idle.
+      let writer = writer_options
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
+        .map_err(|error| open_error(label, error))?;
+      let mut conn = writer
+        .acquire()
+        .await
+        .map_err(|error| open_error(label, error))?;
+      ensure_table(&mut conn, &names, settings.create_table)
+        .await
+        .map_err(setup_error)?;
+      drop(conn);
+      (writer.clone(), writer)
+    } else {
+      let mut conn = options
+        .connect()
+        .await
+        .map_err(|error| open_error(label, error))?;
+      ensure_table(&mut conn, &names, settings.create_table)
+        .await
+        .map_err(setup_error)?;
+      conn
+        .close()
+        .await
+        .map_err(|error| StoreError::from_sqlx("setup", label, error))?;
+      let writer = writer_options
+        .idle_timeout(pool.idle())
+        .connect_lazy_with(options.clone());
+      let reader = SqlitePoolOptions::new()
+        .max_connections(pool.max.unwrap_or(DEFAULT_READERS).max(1))
+        .min_connections(pool.min.unwrap_or(0))
+        .acquire_timeout(acquire)
+        .idle_timeout(pool.idle())
+        .connect_lazy_with(options);
+      (writer, reader)
+    };
+
+    Ok(Self {
+      writer,
+      reader,
+      sql: statements(&names),
+      label: label.to_owned(),
+    })
+  }
+
+  pub async fn get(&self, sid: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+    let row = sqlx::query(&self.sql.get)
+      .bind(sid)
+      .bind(seconds(now))
+      .fetch_optional(&self.reader)
+      .await
+      .map_err(|error| self.fail("get", error))?;
+
+    row
+      .map(|row| {
+        row
+          .try_get::<String, _>(0)
+          .map_err(|error| self.fail("get", error))
+      })
+      .transpose()
+  }
+
+  pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
+    sqlx::query(&self.sql.set)
+      .bind(sid)
+      .bind(sess)
+      .bind(iso(expires))
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("set", error))?;
+    Ok(())
+  }
+
+  pub async fn touch(&self, sid: &str, expires: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(&self.sql.touch)
+      .bind(sid)
+      .bind(iso(expires))
+      .bind(seconds(now))
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("touch", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn destroy(&self, sid: &str) -> Result<u64> {
+    let done = sqlx::query(&self.sql.destroy)
+      .bind(sid)
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("destroy", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn clear(&self) -> Result<u64> {
+    let done = sqlx::query(&self.sql.clear)
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("clear", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn length(&self, now: DateTime<Utc>) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(&self.sql.length)
+      .bind(seconds(now))
+      .fetch_one(&self.reader)
+      .await
+      .map_err(|error| self.fail("length", error))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+  }
+
+  pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    sqlx::query_scalar(&self.sql.all)
+      .bind(seconds(now))
+      .fetch_all(&self.reader)
+      .await
+      .map_err(|error| self.fail("all", error))
+  }
+
+  pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+    // Any row that expired before `now`, in either text form, sorts before the ISO text of a
+    // day later, so the first bound lets the expiry index narrow the scan.
+    let bound = iso(now + chrono::Duration::days(1));
+    let done = sqlx::query(&self.sql.delete_expired)
+      .bind(bound)
+      .bind(seconds(now))
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("cleanup", error))?;
+    Ok(done.rows_affected())
+  }
+
+  pub async fn close(&self) {
+    self.reader.close().await;
+    self.writer.close().await;
+  }
+
+  fn fail(&self, operation: &'static str, error: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(operation, &self.label, error)
+  }
+}
+
+/// Errors of the setup steps, kept apart so driver errors get the right operation name.
+enum Setup {
+  Sql(sqlx::Error),
+  Store(StoreError),
+}
+
+async fn ensure_table(
+  conn: &mut SqliteConnection,
+  names: &TableNames,
+  create: bool,
+) -> std::result::Result<(), Setup> {
+  let table = names.quoted_table(Quote::Double);
+  let sid = names.quoted_sid(Quote::Double);
+  if create {
+    let ddl = format!(
+      "CREATE TABLE IF NOT EXISTS {table} ({sid} varchar(255) NOT NULL PRIMARY KEY, \
+       \"sess\" json NOT NULL, \"expired\" datetime NOT NULL)"
+    );
+    sqlx::query(&ddl)
+      .execute(&mut *conn)
+      .await
+      .map_err(Setup::Sql)?;
+    let index = names.quoted_index(Quote::Double);
+    let ddl = format!("CREATE INDEX IF NOT EXISTS {index} ON {table} (\"expired\")");
+    sqlx::query(&ddl)
+      .execute(&mut *conn)
+      .await
+      .map_err(Setup::Sql)?;
+  }
+
+  let columns: Vec<(String, String)> =
+    sqlx::query_as("SELECT name, type FROM pragma_table_info(?1)")
+      .bind(&names.table)
+      .fetch_all(&mut *conn)
+      .await
+      .map_err(Setup::Sql)?;
+  if columns.is_empty() {
+    return Err(Setup::Store(StoreError::TableMissing {
+      table: names.display(),
+      target: "the SQLite database".into(),
+    }));
+  }
+  check_columns(names, &columns).map_err(Setup::Store)
+}
+
+fn statements(names: &TableNames) -> Statements {
+  let table = names.quoted_table(Quote::Double);
+  let sid = names.quoted_sid(Quote::Double);
+  let live = "unixepoch(\"expired\", 'subsec') >= ?";
+  Statements {
+    get: format!("SELECT \"sess\" FROM {table} WHERE {sid} = ?1 AND {live}2"),
+    set: format!(
+      "INSERT INTO {table} ({sid}, \"sess\", \"expired\") VALUES (?1, ?2, ?3) \
+       ON CONFLICT ({sid}) DO UPDATE SET \"sess\" = excluded.\"sess\", \
+       \"expired\" = excluded.\"expired\""
+    ),
+    touch: format!("UPDATE {table} SET \"expired\" = ?2 WHERE {sid} = ?1 AND {live}3"),
+    destroy: format!("DELETE FROM {table} WHERE {sid} = ?1"),
+    clear: format!("DELETE FROM {table}"),
+    length: format!("SELECT count(*) FROM {table} WHERE {live}1"),
+    all: format!("SELECT \"sess\" FROM {table} WHERE {live}1"),
+    delete_expired: format!(
+      "DELETE FROM {table} WHERE {sid} IN (SELECT {sid} FROM {table} \
+       WHERE \"expired\" < ?1 AND unixepoch(\"expired\", 'subsec') < ?2 LIMIT {CLEANUP_BATCH})"
+    ),
+  }
+}
+
+/// Returns the instant as knex writes it: `2030-01-02T03:04:05.678Z`.
+fn iso(instant: DateTime<Utc>) -> String {
+  instant.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Returns seconds since the epoch with milliseconds, as `unixepoch(..., 'subsec')` gives them.
+fn seconds(instant: DateTime<Utc>) -> f64 {
+  // Exact for every millisecond timestamp up to year 275760, the JS Date range.
+  #[allow(clippy::cast_precision_loss)]
+  let millis = instant.timestamp_millis() as f64;
+  millis / 1000.0
+}
+
+/// Names the file in errors of opening it, which are mostly a missing folder or no permission.
+fn open_error(label: &str, error: sqlx::Error) -> StoreError {
+  StoreError::Connect {
+    target: label.to_owned(),
+    source: error,
+  }
+}

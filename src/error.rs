@@ -1,0 +1,178 @@
+//! Errors of the native core and their single conversion into a JS error.
+//!
+//! napi-rs (3.x) lets an `async fn` reject only with its own status codes, not with a custom
+//! `code` (napi-rs issue 2178). So `into_napi` writes the stable code as a `[CODE] ` prefix of
+//! the message, and `lib/errors.js` moves it into `error.code`. Remove both ends of that shim
+//! once napi-rs can carry a custom code out of an async method.
+
+use std::fmt;
+
+/// Everything the store can fail with. `code()` is the stable name users match on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+  /// An option value the store cannot use (wrong type, out of range).
+  #[error("invalid option {option}: {reason}")]
+  InvalidOption {
+    option: &'static str,
+    reason: String,
+  },
+
+  /// A URL that cannot be parsed or has a scheme we do not serve.
+  #[error("invalid database URL {url}: {reason}")]
+  InvalidUrl { url: String, reason: String },
+
+  /// A knex client name we do not support.
+  #[error(
+    "unsupported client {client:?}: use one of pg, postgres, postgresql, pgnative, mysql, \
+     mysql2, mariadb, sqlite3, sqlite or better-sqlite3"
+  )]
+  UnsupportedClient { client: String },
+
+  /// A table or column name that is not a plain identifier.
+  #[error(
+    "invalid {option} {value:?}: use letters, digits, `_`, `$` and `-` only, at most 63 \
+     characters{extra}"
+  )]
+  InvalidIdentifier {
+    option: &'static str,
+    value: String,
+    extra: &'static str,
+  },
+
+  /// An argument of a store call that cannot be used, such as an expiry out of range.
+  #[error("invalid argument {name}: {reason}")]
+  InvalidArgument { name: &'static str, reason: String },
+
+  /// The sessions table does not exist and `createTable` is off.
+  #[error(
+    "table {table} does not exist in {target}: create it (see the schema in the README) or \
+     pass createTable: true"
+  )]
+  TableMissing { table: String, target: String },
+
+  /// The table exists but lacks a column the store needs, or has one of a type it cannot use.
+  #[error("table {table} cannot be used: {reason}")]
+  TableUnusable { table: String, reason: String },
+
+  /// The database could not be reached or refused the login.
+  #[error("cannot connect to {target}: {source}; check that the server runs and the credentials")]
+  Connect {
+    target: String,
+    #[source]
+    source: sqlx::Error,
+  },
+
+  /// No pooled connection became free within the acquire timeout.
+  #[error(
+    "timed out waiting for a connection to {target}: the pool is exhausted or the server does \
+     not answer; raise pool.max or pool.acquireTimeoutMillis"
+  )]
+  PoolTimeout { target: String },
+
+  /// `close()` was called on the store.
+  #[error("the store is closed: create a new store to use the database again")]
+  Closed,
+
+  /// A stored value the store cannot read back.
+  #[error("stored session {sid} cannot be read: {reason}")]
+  CorruptRow { sid: String, reason: String },
+
+  /// Any other error the database returned.
+  #[error("{operation} failed on {target}: {source}")]
+  Database {
+    operation: &'static str,
+    target: String,
+    #[source]
+    source: sqlx::Error,
+  },
+}
+
+impl StoreError {
+  /// Returns the stable, documented code of this error.
+  pub fn code(&self) -> &'static str {
+    match self {
+      Self::InvalidOption { .. } => "ERR_INVALID_OPTION",
+      Self::InvalidUrl { .. } => "ERR_INVALID_URL",
+      Self::UnsupportedClient { .. } => "ERR_UNSUPPORTED_CLIENT",
+      Self::InvalidIdentifier { .. } => "ERR_INVALID_IDENTIFIER",
+      Self::InvalidArgument { .. } => "ERR_INVALID_ARGUMENT",
+      Self::TableMissing { .. } => "ERR_TABLE_MISSING",
+      Self::TableUnusable { .. } => "ERR_TABLE_UNUSABLE",
+      Self::Connect { .. } => "ERR_CONNECTION_FAILED",
+      Self::PoolTimeout { .. } => "ERR_POOL_TIMEOUT",
+      Self::Closed => "ERR_STORE_CLOSED",
+      Self::CorruptRow { .. } => "ERR_CORRUPT_SESSION",
+      Self::Database { .. } => "ERR_DATABASE",
+    }
+  }
+
+  /// Classifies a driver error raised while running `operation` against `target`.
+  pub fn from_sqlx(operation: &'static str, target: &str, source: sqlx::Error) -> Self {
+    match source {
+      sqlx::Error::PoolTimedOut => Self::PoolTimeout {
+        target: target.to_owned(),
+      },
+      sqlx::Error::PoolClosed => Self::Closed,
+      sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Self::Connect {
+        target: target.to_owned(),
+        source,
+      },
+      sqlx::Error::Database(ref db) if is_login_failure(db.code().as_deref()) => Self::Connect {
+        target: target.to_owned(),
+        source,
+      },
+      source => Self::Database {
+        operation,
+        target: target.to_owned(),
+        source,
+      },
+    }
+  }
+}
+
+/// Tells whether a database error code means the server refused the login or the database name.
+fn is_login_failure(code: Option<&str>) -> bool {
+  // PostgreSQL: 28000/28P01 bad login, 3D000 unknown database. MySQL: 1045 access denied,
+  // 1049 unknown database (sqlx reports MySQL codes as their numbers).
+  matches!(code, Some("28000" | "28P01" | "3D000" | "1045" | "1049"))
+}
+
+/// Shorthand for results of the core.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Writes the message with its `[CODE] ` prefix; `lib/errors.js` parses exactly this form.
+pub struct Coded<'a>(pub &'a StoreError);
+
+impl fmt::Display for Coded<'_> {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(f, "[{}] {}", self.0.code(), self.0)
+  }
+}
+
+impl From<StoreError> for napi::Error {
+  fn from(error: StoreError) -> Self {
+    napi::Error::new(napi::Status::GenericFailure, Coded(&error).to_string())
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn coded_message_starts_with_code() {
+    let error = StoreError::TableMissing {
+      table: "\"sessions\"".into(),
+      target: "SQLite file a.sqlite".into(),
+    };
+    let text = Coded(&error).to_string();
+    assert!(text.starts_with("[ERR_TABLE_MISSING] table \"sessions\" does not exist"));
+  }
+
+  #[test]
+  fn pool_timeout_gets_its_own_code() {
+    let error = StoreError::from_sqlx("get", "PostgreSQL", sqlx::Error::PoolTimedOut);
+    assert_eq!(error.code(), "ERR_POOL_TIMEOUT");
+  }
+}

@@ -1,0 +1,222 @@
+//! The dialect-agnostic store: opens the backend once, on first use, and forwards each call.
+//!
+//! Opening is retried by the next call after a failure, so a store built while the database
+//! was down starts working once it is back.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::OnceCell;
+
+use crate::config::Target;
+use crate::dialect::{Backend, Settings, CLEANUP_BATCH};
+use crate::error::{Result, StoreError};
+
+pub struct Store {
+  target: Target,
+  settings: Settings,
+  backend: OnceCell<Backend>,
+  closed: AtomicBool,
+}
+
+impl Store {
+  /// Validates the names without touching the database.
+  pub fn new(target: Target, settings: Settings) -> Result<Self> {
+    let allow_schema = matches!(target, Target::Postgres { .. });
+    crate::schema::TableNames::new(&settings.table_name, &settings.sid_field_name, allow_schema)?;
+    Ok(Self {
+      target,
+      settings,
+      backend: OnceCell::new(),
+      closed: AtomicBool::new(false),
+    })
+  }
+
+  /// Opens the backend if it is not open yet.
+  pub async fn ready(&self) -> Result<()> {
+    self.backend().await.map(|_| ())
+  }
+
+  pub async fn get(&self, sid: &str) -> Result<Option<String>> {
+    self.backend().await?.get(sid, Utc::now()).await
+  }
+
+  pub async fn set(&self, sid: &str, sess: &str, expires_ms: f64) -> Result<()> {
+    let expires = instant("expires", expires_ms)?;
+    self.backend().await?.set(sid, sess, expires).await
+  }
+
+  pub async fn touch(&self, sid: &str, expires_ms: f64) -> Result<u64> {
+    let expires = instant("expires", expires_ms)?;
+    self.backend().await?.touch(sid, expires, Utc::now()).await
+  }
+
+  pub async fn destroy(&self, sid: &str) -> Result<u64> {
+    self.backend().await?.destroy(sid).await
+  }
+
+  pub async fn clear(&self) -> Result<u64> {
+    self.backend().await?.clear().await
+  }
+
+  pub async fn length(&self) -> Result<u64> {
+    self.backend().await?.length(Utc::now()).await
+  }
+
+  pub async fn all(&self) -> Result<Vec<String>> {
+    self.backend().await?.all(Utc::now()).await
+  }
+
+  /// Deletes every expired session, in batches; returns the rows deleted.
+  pub async fn delete_expired(&self) -> Result<u64> {
+    let backend = self.backend().await?;
+    let now = Utc::now();
+    let mut total = 0;
+    loop {
+      let deleted = backend.delete_expired(now).await?;
+      total += deleted;
+      if deleted < u64::from(CLEANUP_BATCH) || self.closed.load(Ordering::Acquire) {
+        return Ok(total);
+      }
+    }
+  }
+
+  /// Closes the pools; later calls fail with `ERR_STORE_CLOSED`. Closing twice is harmless.
+  pub async fn close(&self) {
+    self.closed.store(true, Ordering::Release);
+    if let Some(backend) = self.backend.get() {
+      backend.close().await;
+    }
+  }
+
+  async fn backend(&self) -> Result<&Backend> {
+    if self.closed.load(Ordering::Acquire) {
+      return Err(StoreError::Closed);
+    }
+    let backend = self
+      .backend
+      .get_or_try_init(|| Backend::open(&self.target, &self.settings))
+      .await?;
+    // `close()` may have run while the backend was opening, before it could be closed.
+    if self.closed.load(Ordering::Acquire) {
+      backend.close().await;
+      return Err(StoreError::Closed);
+    }
+    Ok(backend)
+  }
+}
+
+/// Converts epoch milliseconds from JS into an instant SQL columns can hold.
+fn instant(name: &'static str, millis: f64) -> Result<DateTime<Utc>> {
+  // Years 0000 to 9999: every dialect's timestamp type holds them.
+  const MIN: f64 = -62_167_219_200_000.0;
+  const MAX: f64 = 253_402_300_799_999.0;
+  if !millis.is_finite() || !(MIN..=MAX).contains(&millis) {
+    return Err(StoreError::InvalidArgument {
+      name,
+      reason: format!("{millis} is not a time between the years 0 and 9999 in epoch milliseconds"),
+    });
+  }
+  // The range check above makes the conversion exact apart from dropping fractions of a ms.
+  #[allow(clippy::cast_possible_truncation)]
+  let whole = millis.floor() as i64;
+  DateTime::from_timestamp_millis(whole).ok_or_else(|| StoreError::InvalidArgument {
+    name,
+    reason: format!("{millis} is out of range"),
+  })
+}
+
+/// Returns the first characters of a sid, enough to tell sessions apart in logs but too few
+/// to use as a credential.
+pub fn short_sid(sid: &str) -> String {
+  let head: String = sid.chars().take(6).collect();
+  if head.len() < sid.len() {
+    format!("{head}…")
+  } else {
+    head
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::config::{ConnectionConfig, PoolConfig};
+
+  fn memory_store() -> Store {
+    let config = ConnectionConfig {
+      url: Some("sqlite::memory:".into()),
+      ..ConnectionConfig::default()
+    };
+    let settings = Settings {
+      table_name: "sessions".into(),
+      sid_field_name: "sid".into(),
+      create_table: true,
+      pool: PoolConfig::default(),
+    };
+    Store::new(Target::from_config(&config).expect("target"), settings).expect("store")
+  }
+
+  fn now_ms(offset: i64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let millis = (Utc::now().timestamp_millis() + offset) as f64;
+    millis
+  }
+
+  #[tokio::test]
+  async fn set_then_get_round_trips() {
+    let store = memory_store();
+    store
+      .set("a", "{\"n\":1}", now_ms(60_000))
+      .await
+      .expect("set");
+    assert_eq!(
+      store.get("a").await.expect("get").as_deref(),
+      Some("{\"n\":1}")
+    );
+    assert_eq!(store.length().await.expect("length"), 1);
+  }
+
+  #[tokio::test]
+  async fn expired_rows_are_invisible_until_deleted() {
+    let store = memory_store();
+    store.set("old", "{}", now_ms(-1)).await.expect("set old");
+    store
+      .set("new", "{}", now_ms(60_000))
+      .await
+      .expect("set new");
+    assert_eq!(store.get("old").await.expect("get"), None);
+    assert_eq!(store.all().await.expect("all").len(), 1);
+    assert_eq!(store.touch("old", now_ms(60_000)).await.expect("touch"), 0);
+    assert_eq!(store.delete_expired().await.expect("cleanup"), 1);
+    assert_eq!(store.destroy("new").await.expect("destroy"), 1);
+  }
+
+  #[tokio::test]
+  async fn calls_after_close_fail_with_closed() {
+    let store = memory_store();
+    store.ready().await.expect("ready");
+    store.close().await;
+    let error = store.get("a").await.expect_err("closed");
+    assert_eq!(error.code(), "ERR_STORE_CLOSED");
+  }
+
+  #[test]
+  fn instant_rejects_values_outside_sql_range() {
+    assert!(instant("expires", f64::NAN).is_err());
+    assert!(instant("expires", 1e300).is_err());
+    assert_eq!(
+      instant("expires", 1_893_553_445_678.0)
+        .expect("valid")
+        .timestamp_millis(),
+      1_893_553_445_678
+    );
+  }
+
+  #[test]
+  fn short_sid_keeps_six_characters() {
+    assert_eq!(short_sid("abcdefghij"), "abcdef…");
+    assert_eq!(short_sid("abc"), "abc");
+  }
+}
