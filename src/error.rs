@@ -107,6 +107,23 @@ impl StoreError {
     }
   }
 
+  /// Tells whether the connection broke under the statement, so running it again on another
+  /// connection may succeed.
+  pub fn is_connection_lost(&self) -> bool {
+    match self {
+      Self::Connect { source, .. } => !matches!(source, sqlx::Error::Database(_)),
+      Self::Database { source, .. } => match source {
+        sqlx::Error::Protocol(_) | sqlx::Error::Io(_) => true,
+        // PostgreSQL 57P01-57P03: the server is shutting down or the backend was terminated.
+        sqlx::Error::Database(db) => {
+          matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+      },
+      _ => false,
+    }
+  }
+
   /// Classifies a driver error raised while running `operation` against `target`.
   pub fn from_sqlx(operation: &'static str, target: &str, source: sqlx::Error) -> Self {
     match source {

@@ -39,8 +39,15 @@ impl Store {
     self.backend().await.map(|_| ())
   }
 
+  // Reads are idempotent, so each one runs a second time when the first lost its connection
+  // (a server restart or a killed backend); the pool replaces the connection in between.
+
   pub async fn get(&self, sid: &str) -> Result<Option<String>> {
-    self.backend().await?.get(sid, Utc::now()).await
+    let backend = self.backend().await?;
+    match backend.get(sid, Utc::now()).await {
+      Err(error) if error.is_connection_lost() => backend.get(sid, Utc::now()).await,
+      result => result,
+    }
   }
 
   pub async fn set(&self, sid: &str, sess: &str, expires_ms: f64) -> Result<()> {
@@ -62,11 +69,19 @@ impl Store {
   }
 
   pub async fn length(&self) -> Result<u64> {
-    self.backend().await?.length(Utc::now()).await
+    let backend = self.backend().await?;
+    match backend.length(Utc::now()).await {
+      Err(error) if error.is_connection_lost() => backend.length(Utc::now()).await,
+      result => result,
+    }
   }
 
   pub async fn all(&self) -> Result<Vec<String>> {
-    self.backend().await?.all(Utc::now()).await
+    let backend = self.backend().await?;
+    match backend.all(Utc::now()).await {
+      Err(error) if error.is_connection_lost() => backend.all(Utc::now()).await,
+      result => result,
+    }
   }
 
   /// Deletes every expired session, in batches; returns the rows deleted.
