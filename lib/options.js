@@ -47,6 +47,7 @@ const CLIENTS = {
 };
 
 const LARGEST_TIMER = 2 ** 31 - 1;
+const MAX_POOL_SIZE = 1000;
 
 function invalid(option, expected, value) {
   return codedError('ERR_INVALID_OPTION', `option ${option} must be ${expected}, got ${describe(value)}`, TypeError);
@@ -86,20 +87,26 @@ function normalizeOptions(input = {}) {
 
   /** @type {Record<string, any>} */
   const picked = {};
+  /** Spelling the user wrote for each option, so messages name what is in their code. */
+  const spelled = {};
   for (const [alias, name] of Object.entries(ALIASES)) {
-    if (input[alias] !== undefined) picked[name] = input[alias];
+    if (input[alias] !== undefined && input[name] === undefined) {
+      picked[name] = input[alias];
+      spelled[name] = alias;
+    }
   }
   for (const [key, value] of Object.entries(input)) {
     if (value !== undefined && !(key in ALIASES)) picked[key] = value;
   }
   const options = { ...DEFAULTS, ...picked };
 
-  checkType('tableName', options.tableName, 'string', 'a table name string');
-  checkType('sidFieldName', options.sidFieldName, 'string', 'a column name string');
-  checkType('createTable', options.createTable, 'boolean', 'true or false');
+  const as = (name) => spelled[name] || name;
+  checkType(as('tableName'), options.tableName, 'string', 'a table name string');
+  checkType(as('sidFieldName'), options.sidFieldName, 'string', 'a column name string');
+  checkType(as('createTable'), options.createTable, 'boolean', 'true or false');
   checkType('disableDbCleanup', options.disableDbCleanup, 'boolean', 'true or false');
   checkType('disableTouch', options.disableTouch, 'boolean', 'true or false');
-  checkMillis('cleanupInterval', options.cleanupInterval);
+  checkMillis(as('cleanupInterval'), options.cleanupInterval);
   checkMillis('ttl', options.ttl, { allowZero: false, max: Number.MAX_SAFE_INTEGER });
   if (options.onDbCleanupError !== undefined) {
     checkType('onDbCleanupError', options.onDbCleanupError, 'function', 'a function');
@@ -118,11 +125,16 @@ function normalizePool(pool, knexPool) {
   const result = {};
   for (const key of POOL_KEYS) {
     if (source[key] === undefined) continue;
-    const isCount = key === 'max' || key === 'min';
-    result[key] = checkMillis(`pool.${key}`, source[key], {
-      allowZero: key !== 'max',
-      max: isCount ? 1000 : 2 ** 32 - 1,
-    });
+    const value = source[key];
+    if (key === 'max' || key === 'min') {
+      const least = key === 'max' ? 1 : 0;
+      if (!Number.isInteger(value) || value < least || value > MAX_POOL_SIZE) {
+        throw invalid(`pool.${key}`, `an integer number of connections from ${least} to ${MAX_POOL_SIZE}`, value);
+      }
+      result[key] = value;
+    } else {
+      result[key] = checkMillis(`pool.${key}`, value, { max: 2 ** 32 - 1 });
+    }
   }
   if (result.min !== undefined && result.max !== undefined && result.min > result.max) {
     throw invalid('pool.min', `at most pool.max (${result.max})`, result.min);
@@ -178,7 +190,11 @@ function resolveKnex(knex) {
   let connection = config.connection;
   if (typeof connection === 'function') connection = connection();
   if (connection && typeof connection.then === 'function') {
-    throw invalid('knex.connection', 'an object, a string or a function returning one synchronously', 'a promise');
+    throw codedError(
+      'ERR_INVALID_OPTION',
+      'option knex.connection must be an object, a string or a function returning one synchronously, got a promise',
+      TypeError,
+    );
   }
   const fields = connectionFields(dialect, connection);
   if (dialect === 'postgres' && config.searchPath !== undefined) {

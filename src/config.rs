@@ -89,11 +89,18 @@ impl Target {
       .as_deref()
       .map(dialect_of_client)
       .transpose()?;
-    match (&config.url, dialect) {
-      (Some(url), _) => Self::from_url(url, dialect),
-      (None, Some(dialect)) => Self::from_fields(dialect, config),
-      (None, None) => Self::from_fields(Dialect::Sqlite, config),
-    }
+    let target = match (&config.url, dialect) {
+      (Some(url), _) => Self::from_url(url, dialect)?,
+      (None, Some(dialect)) => Self::from_fields(dialect, config)?,
+      (None, None) => Self::from_fields(Dialect::Sqlite, config)?,
+    };
+    Ok(match (target, &config.search_path) {
+      (Self::Postgres { options, label }, Some(search_path)) => Self::Postgres {
+        options: options.options([("search_path", search_path.as_str())]),
+        label,
+      },
+      (target, _) => target,
+    })
   }
 
   fn from_url(url: &str, client: Option<Dialect>) -> Result<Self> {
@@ -215,9 +222,6 @@ fn postgres_from_fields(config: &ConnectionConfig) -> Result<Target> {
   if let Some(mode) = &config.ssl_mode {
     let mode = PgSslMode::from_str(mode).map_err(|_| invalid_ssl_mode(mode))?;
     options = options.ssl_mode(mode);
-  }
-  if let Some(search_path) = &config.search_path {
-    options = options.options([("search_path", search_path.as_str())]);
   }
   let label = pg_label(&options);
   Ok(Target::Postgres { options, label })

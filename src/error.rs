@@ -63,12 +63,29 @@ pub enum StoreError {
     source: sqlx::Error,
   },
 
+  /// The SQLite file could not be opened or created.
+  #[error("cannot open {target}: {source}; check that its folder exists and is writable")]
+  OpenFile {
+    target: String,
+    #[source]
+    source: sqlx::Error,
+  },
+
   /// No pooled connection became free within the acquire timeout.
   #[error(
     "timed out waiting for a connection to {target}: the pool is exhausted or the server does \
      not answer; raise pool.max or pool.acquireTimeoutMillis"
   )]
   PoolTimeout { target: String },
+
+  /// A MySQL/MariaDB table whose sid collation ignores case or trailing spaces already holds a
+  /// sid equal to this one under that collation.
+  #[error(
+    "sid {sid} collides with a stored sid that differs only in case or trailing spaces: change \
+     the sid column to a binary collation (utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on \
+     MySQL 8)"
+  )]
+  SidConflict { sid: String },
 
   /// `close()` was called on the store.
   #[error("the store is closed: create a new store to use the database again")]
@@ -99,8 +116,9 @@ impl StoreError {
       Self::InvalidArgument { .. } => "ERR_INVALID_ARGUMENT",
       Self::TableMissing { .. } => "ERR_TABLE_MISSING",
       Self::TableUnusable { .. } => "ERR_TABLE_UNUSABLE",
-      Self::Connect { .. } => "ERR_CONNECTION_FAILED",
+      Self::Connect { .. } | Self::OpenFile { .. } => "ERR_CONNECTION_FAILED",
       Self::PoolTimeout { .. } => "ERR_POOL_TIMEOUT",
+      Self::SidConflict { .. } => "ERR_SID_CONFLICT",
       Self::Closed => "ERR_STORE_CLOSED",
       Self::CorruptRow { .. } => "ERR_CORRUPT_SESSION",
       Self::Database { .. } => "ERR_DATABASE",

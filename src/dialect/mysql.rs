@@ -18,6 +18,8 @@ use crate::schema::{Quote, TableNames};
 /// InnoDB error numbers after which the same statement may simply run again.
 const DEADLOCK: u16 = 1213;
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// "Column cannot be null": raised on purpose by the guarded upsert of `statements`.
+const COLUMN_NULL: u16 = 1048;
 
 pub struct Mysql {
   pool: MySqlPool,
@@ -59,6 +61,9 @@ impl Mysql {
       });
     }
     check_columns(&names, &columns)?;
+    let exact = sid_is_exact(&mut conn, &names)
+      .await
+      .map_err(|error| fail("reading the table layout", error))?;
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let pool = MySqlPoolOptions::new()
@@ -66,10 +71,19 @@ impl Mysql {
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
       .idle_timeout(pool.idle())
+      // Strict mode makes an over-long sid or a NULL an error instead of a silent change.
+      .after_connect(|conn, _| {
+        Box::pin(async move {
+          sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+      })
       .connect_lazy_with(options.clone());
     Ok(Self {
       pool,
-      sql: statements(&names),
+      sql: statements(&names, exact),
       label: label.to_owned(),
     })
   }
@@ -99,6 +113,11 @@ impl Mysql {
         // The upsert is idempotent, so one rerun after a deadlock between first writes of
         // the same sid is safe.
         Err(error) if !retried && is_retryable(&error) => retried = true,
+        Err(error) if error_number(&error) == Some(COLUMN_NULL) => {
+          return Err(StoreError::SidConflict {
+            sid: crate::store::short_sid(sid),
+          })
+        }
         Err(error) => return Err(self.fail("set", error)),
       }
     }
@@ -183,13 +202,34 @@ impl Mysql {
 }
 
 fn is_retryable(error: &sqlx::Error) -> bool {
-  let Some(db) = error.as_database_error() else {
-    return false;
-  };
-  let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() else {
-    return false;
-  };
-  matches!(mysql.number(), DEADLOCK | LOCK_WAIT_TIMEOUT)
+  matches!(error_number(error), Some(DEADLOCK | LOCK_WAIT_TIMEOUT))
+}
+
+fn error_number(error: &sqlx::Error) -> Option<u16> {
+  let db = error.as_database_error()?;
+  let mysql = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?;
+  Some(mysql.number())
+}
+
+/// Tells whether the sid column compares byte for byte: a binary type, or a binary collation
+/// that does not pad trailing spaces.
+async fn sid_is_exact(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::Result<bool> {
+  let row = sqlx::query(
+    "SELECT CAST(DATA_TYPE AS CHAR), CAST(COALESCE(COLLATION_NAME, '') AS CHAR) \
+     FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+  )
+  .bind(&names.table)
+  .bind(&names.sid_column)
+  .fetch_one(conn)
+  .await?;
+  let data_type: String = row.try_get_unchecked(0)?;
+  let collation: String = row.try_get_unchecked(1)?;
+  let binary_type = matches!(
+    data_type.to_ascii_lowercase().as_str(),
+    "varbinary" | "binary"
+  );
+  Ok(binary_type || collation.contains("nopad_bin") || collation.ends_with("0900_bin"))
 }
 
 async fn create_table(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::Result<()> {
@@ -197,12 +237,20 @@ async fn create_table(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::R
     .fetch_one(&mut *conn)
     .await?;
   // Binary no-pad collations: `a` and `A`, and `a` and `a `, are different sids.
-  let collation = if version.to_ascii_lowercase().contains("mariadb") {
+  let mariadb = version.to_ascii_lowercase().contains("mariadb");
+  let collation = if mariadb {
     "utf8mb4_nopad_bin"
   } else if version.starts_with('5') {
     "utf8mb4_bin"
   } else {
     "utf8mb4_0900_bin"
+  };
+  // MariaDB's JSON is LONGTEXT with a json_valid() check, and that check rejects what
+  // JSON.stringify may produce: nesting deeper than 32 levels, and lone surrogates.
+  let sess_type = if mariadb {
+    "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+  } else {
+    "JSON"
   };
   let table = names.quoted_table(Quote::Backtick);
   let sid = names.quoted_sid(Quote::Backtick);
@@ -210,7 +258,7 @@ async fn create_table(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::R
   let ddl = format!(
     "CREATE TABLE IF NOT EXISTS {table} (\
      {sid} VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL, \
-     `sess` JSON NOT NULL, `expired` DATETIME(3) NOT NULL, \
+     `sess` {sess_type} NOT NULL, `expired` DATETIME(3) NOT NULL, \
      PRIMARY KEY ({sid}), INDEX {index} (`expired`)) DEFAULT CHARACTER SET utf8mb4"
   );
   sqlx::query(&ddl).execute(conn).await?;
@@ -234,17 +282,25 @@ async fn columns(
     .collect()
 }
 
-fn statements(names: &TableNames) -> Statements {
+fn statements(names: &TableNames, sid_is_exact: bool) -> Statements {
   let table = names.quoted_table(Quote::Backtick);
   let sid = names.quoted_sid(Quote::Backtick);
   let exact = format!("{sid} = ? AND CAST({sid} AS BINARY) = CAST(? AS BINARY)");
+  // Under a case-insensitive or padding collation the primary key can match another sid
+  // (`abc` for `ABC`). Setting that row's sid to NULL then fails the statement under strict
+  // mode, so one session never overwrites another.
+  let guard = if sid_is_exact {
+    String::new()
+  } else {
+    format!("{sid} = IF(CAST({sid} AS BINARY) = CAST(VALUES({sid}) AS BINARY), {sid}, NULL), ")
+  };
   Statements {
     get: format!("SELECT `sess` FROM {table} WHERE {exact} AND `expired` >= ?"),
     // NOTE: VALUES() in ON DUPLICATE KEY UPDATE is deprecated since MySQL 8.0.20 but still
     // works; the row-alias form that replaces it is not understood by MariaDB.
     set: format!(
       "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES (?, ?, ?) \
-       ON DUPLICATE KEY UPDATE `sess` = VALUES(`sess`), `expired` = VALUES(`expired`)"
+       ON DUPLICATE KEY UPDATE {guard}`sess` = VALUES(`sess`), `expired` = VALUES(`expired`)"
     ),
     touch: format!("UPDATE {table} SET `expired` = ? WHERE {exact} AND `expired` >= ?"),
     destroy: format!("DELETE FROM {table} WHERE {exact}"),

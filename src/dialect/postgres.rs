@@ -51,7 +51,18 @@ impl Postgres {
       });
     }
     check_columns(&names, &columns)?;
-    let sql = statements(&names, &column_type(&columns, "sess"));
+    let expired_type = column_type(&columns, "expired");
+    let zone =
+      if expired_type.starts_with("timestamp") && expired_type.ends_with("without time zone") {
+        Some(
+          database_time_zone(&mut conn)
+            .await
+            .map_err(|error| fail("reading the time zone", error))?,
+        )
+      } else {
+        None
+      };
+    let sql = statements(&names, &column_type(&columns, "sess"), zone.as_deref());
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let pool = PgPoolOptions::new()
@@ -190,7 +201,35 @@ async fn columns(
   .await
 }
 
-fn statements(names: &TableNames, sess_type: &str) -> Statements {
+/// Returns the time zone the database's own sessions use, which sqlx overrides with UTC at
+/// connect: a `timestamp without time zone` column holds wall times of that zone.
+async fn database_time_zone(conn: &mut PgConnection) -> sqlx::Result<String> {
+  let configured: Option<String> = sqlx::query_scalar(
+    "SELECT substring(setting FROM position('=' IN setting) + 1) \
+     FROM pg_db_role_setting s, unnest(s.setconfig) AS setting \
+     WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+     AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user)) \
+     AND lower(setting) LIKE 'timezone=%' \
+     ORDER BY s.setrole DESC, s.setdatabase DESC LIMIT 1",
+  )
+  .fetch_optional(&mut *conn)
+  .await?;
+  if let Some(zone) = configured {
+    return Ok(zone);
+  }
+  // The server-wide setting from postgresql.conf; reading it needs pg_read_all_settings.
+  // NOTE: without that right a naive column is read as UTC.
+  let from_file: Option<String> = sqlx::query_scalar(
+    "SELECT setting FROM pg_file_settings WHERE lower(name) = 'timezone' AND applied \
+     ORDER BY seqno DESC LIMIT 1",
+  )
+  .fetch_optional(&mut *conn)
+  .await
+  .unwrap_or(None);
+  Ok(from_file.unwrap_or_else(|| "UTC".to_owned()))
+}
+
+fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> Statements {
   let table = names.quoted_table(Quote::Double);
   let sid = names.quoted_sid(Quote::Double);
   let sess_param = match sess_type {
@@ -198,21 +237,32 @@ fn statements(names: &TableNames, sess_type: &str) -> Statements {
     "json" => "$2::json",
     _ => "$2",
   };
+  // Instants are bound as timestamptz; a naive column gets them as wall time of its zone.
+  let at = |param: &str| match naive_zone {
+    Some(zone) => format!(
+      "({param}::timestamptz AT TIME ZONE '{}')",
+      zone.replace('\'', "''")
+    ),
+    None => param.to_owned(),
+  };
+  let (p1, p2, p3) = (at("$1"), at("$2"), at("$3"));
   Statements {
-    get: format!("SELECT \"sess\"::text FROM {table} WHERE {sid} = $1 AND \"expired\" >= $2"),
+    get: format!("SELECT \"sess\"::text FROM {table} WHERE {sid} = $1 AND \"expired\" >= {p2}"),
     set: format!(
-      "INSERT INTO {table} ({sid}, \"sess\", \"expired\") VALUES ($1, {sess_param}, $3) \
+      "INSERT INTO {table} ({sid}, \"sess\", \"expired\") VALUES ($1, {sess_param}, {p3}) \
        ON CONFLICT ({sid}) DO UPDATE SET \"sess\" = excluded.\"sess\", \
        \"expired\" = excluded.\"expired\""
     ),
-    touch: format!("UPDATE {table} SET \"expired\" = $2 WHERE {sid} = $1 AND \"expired\" >= $3"),
+    touch: format!(
+      "UPDATE {table} SET \"expired\" = {p2} WHERE {sid} = $1 AND \"expired\" >= {p3}"
+    ),
     destroy: format!("DELETE FROM {table} WHERE {sid} = $1"),
     clear: format!("DELETE FROM {table}"),
-    length: format!("SELECT count(*) FROM {table} WHERE \"expired\" >= $1"),
-    all: format!("SELECT \"sess\"::text FROM {table} WHERE \"expired\" >= $1"),
+    length: format!("SELECT count(*) FROM {table} WHERE \"expired\" >= {p1}"),
+    all: format!("SELECT \"sess\"::text FROM {table} WHERE \"expired\" >= {p1}"),
     delete_expired: format!(
       "DELETE FROM {table} WHERE {sid} IN (SELECT {sid} FROM {table} \
-       WHERE \"expired\" < $1 LIMIT {CLEANUP_BATCH}) AND \"expired\" < $1"
+       WHERE \"expired\" < {p1} LIMIT {CLEANUP_BATCH}) AND \"expired\" < {p1}"
     ),
   }
 }

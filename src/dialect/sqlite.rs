@@ -78,8 +78,7 @@ impl Sqlite {
       drop(conn);
       (writer.clone(), writer)
     } else {
-      let mut conn = options
-        .connect()
+      let mut conn = connect_when_unlocked(&options)
         .await
         .map_err(|error| open_error(label, error))?;
       ensure_table(&mut conn, &names, settings.create_table)
@@ -205,6 +204,29 @@ impl Sqlite {
   }
 }
 
+/// Opens a connection, waiting while another connection holds the lock that switching a new
+/// file to WAL mode needs: SQLite returns SQLITE_BUSY at once there instead of calling the busy
+/// handler.
+async fn connect_when_unlocked(options: &SqliteConnectOptions) -> sqlx::Result<SqliteConnection> {
+  let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+  loop {
+    match options.connect().await {
+      Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+      }
+      result => return result,
+    }
+  }
+}
+
+/// Tells whether SQLite reported SQLITE_BUSY (5) or SQLITE_LOCKED (6).
+fn is_busy(error: &sqlx::Error) -> bool {
+  error
+    .as_database_error()
+    .and_then(|db| db.code())
+    .is_some_and(|code| code == "5" || code == "6")
+}
+
 /// Errors of the setup steps, kept apart so driver errors get the right operation name.
 enum Setup {
   Sql(sqlx::Error),
@@ -288,7 +310,7 @@ fn seconds(instant: DateTime<Utc>) -> f64 {
 
 /// Names the file in errors of opening it, which are mostly a missing folder or no permission.
 fn open_error(label: &str, error: sqlx::Error) -> StoreError {
-  StoreError::Connect {
+  StoreError::OpenFile {
     target: label.to_owned(),
     source: error,
   }
