@@ -13,6 +13,7 @@ export type KnexSessionStoreErrorCode =
   | 'ERR_TABLE_UNUSABLE'
   | 'ERR_CONNECTION_FAILED'
   | 'ERR_POOL_TIMEOUT'
+  | 'ERR_SID_CONFLICT'
   | 'ERR_STORE_CLOSED'
   | 'ERR_CORRUPT_SESSION'
   | 'ERR_DATABASE'

@@ -1,9 +1,9 @@
 //! Errors of the native core and their single conversion into a JS error.
 //!
 //! napi-rs (3.x) lets an `async fn` reject only with its own status codes, not with a custom
-//! `code` (napi-rs issue 2178). So `into_napi` writes the stable code as a `[CODE] ` prefix of
-//! the message, and `lib/errors.js` moves it into `error.code`. Remove both ends of that shim
-//! once napi-rs can carry a custom code out of an async method.
+//! `code` (napi-rs issue 2178). So `From<StoreError> for napi::Error` writes the code as a
+//! `[CODE] ` prefix of the message, and `lib/errors.js` moves it into `error.code`. Remove both
+//! ends of that shim once napi-rs can carry a custom code out of an async method.
 
 use std::fmt;
 
