@@ -13,6 +13,8 @@ export type KnexSessionStoreErrorCode =
   | 'ERR_TABLE_UNUSABLE'
   | 'ERR_CONNECTION_FAILED'
   | 'ERR_POOL_TIMEOUT'
+  | 'ERR_QUERY_TIMEOUT'
+  | 'ERR_SESSION_TOO_LARGE'
   | 'ERR_SID_CONFLICT'
   | 'ERR_STORE_CLOSED'
   | 'ERR_CORRUPT_SESSION'
@@ -90,6 +92,10 @@ export interface KnexSessionStoreOptions {
   ttl?: number;
   /** Make `touch` a no-op. Default `false`. */
   disableTouch?: boolean;
+  /** Largest session in bytes of UTF-8 JSON; `0` turns the check off. Default `1048576`. */
+  maxSessionBytes?: number;
+  /** Longest one call may take in ms, connection wait included. Default `15000`. */
+  queryTimeoutMillis?: number;
   /** Connection pool. Defaults: max 10 (SQLite: 4 readers beside one writer), min 0, acquire 10000 ms, idle 600000 ms. */
   pool?: {
     max?: number;

@@ -21,6 +21,7 @@ class KnexSessionStore extends Store {
   #native;
   #ttl;
   #disableTouch;
+  #maxSessionBytes;
   #onError;
   /** @type {Promise<void> | undefined} */
   #closing;
@@ -35,6 +36,7 @@ class KnexSessionStore extends Store {
     this.options = settings;
     this.#ttl = settings.ttl;
     this.#disableTouch = settings.disableTouch;
+    this.#maxSessionBytes = settings.maxSessionBytes;
     this.#onError = settings.onError || settings.onDbCleanupError || defaultErrorHook;
 
     try {
@@ -93,7 +95,9 @@ class KnexSessionStore extends Store {
       checkSid(sid);
       checkSession(session);
       const expires = expiryOf(session, this.#ttl, Date.now());
-      await this.#native.set(sid, serialize(sid, session), expires);
+      const json = serialize(session);
+      checkSize(json, this.#maxSessionBytes);
+      await this.#native.set(sid, json, expires);
     });
   }
 
@@ -303,10 +307,9 @@ function checkSession(session) {
 
 /**
  * Serialises a session exactly as JSON.stringify does, so Cookie getters and toJSON apply.
- * @param {string} sid
  * @param {object} session
  */
-function serialize(sid, session) {
+function serialize(session) {
   try {
     return JSON.stringify(session);
   } catch (cause) {
@@ -316,6 +319,24 @@ function serialize(sid, session) {
       `session cannot be stored because JSON.stringify failed (${reason}): remove cycles and BigInt values from it`,
       TypeError,
       cause,
+    );
+  }
+}
+
+/**
+ * Rejects a serialised session larger than `limit` bytes of UTF-8; 0 means no limit.
+ * @param {string} json
+ * @param {number} limit
+ */
+function checkSize(json, limit) {
+  // A UTF-16 unit takes at most 3 bytes in UTF-8, so short strings skip the byte count.
+  if (limit === 0 || json.length * 3 <= limit) return;
+  const bytes = Buffer.byteLength(json, 'utf8');
+  if (bytes > limit) {
+    throw codedError(
+      'ERR_SESSION_TOO_LARGE',
+      `session is ${bytes} bytes as JSON, more than maxSessionBytes (${limit}): store less in it or raise the option`,
+      RangeError,
     );
   }
 }

@@ -10,6 +10,8 @@ const DEFAULTS = {
   disableDbCleanup: false,
   ttl: 86400000,
   disableTouch: false,
+  maxSessionBytes: 1048576,
+  queryTimeoutMillis: 15000,
 };
 
 /** Spellings of connect-session-knex 1.x-4.x and the option each stands for. */
@@ -108,6 +110,10 @@ function normalizeOptions(input = {}) {
   checkType('disableTouch', options.disableTouch, 'boolean', 'true or false');
   checkMillis(as('cleanupInterval'), options.cleanupInterval);
   checkMillis('ttl', options.ttl, { allowZero: false, max: Number.MAX_SAFE_INTEGER });
+  checkMillis('queryTimeoutMillis', options.queryTimeoutMillis, { allowZero: false, max: 2 ** 32 - 1 });
+  if (!Number.isSafeInteger(options.maxSessionBytes) || options.maxSessionBytes < 0) {
+    throw invalid('maxSessionBytes', 'a whole number of bytes (0 for no limit)', options.maxSessionBytes);
+  }
   if (options.onDbCleanupError !== undefined) {
     checkType('onDbCleanupError', options.onDbCleanupError, 'function', 'a function');
   }
@@ -273,6 +279,7 @@ function nativeOptions({ options, connection, pool }) {
     poolMin: pool.min,
     acquireTimeoutMs: pool.acquireTimeoutMillis,
     idleTimeoutMs: pool.idleTimeoutMillis,
+    queryTimeoutMs: options.queryTimeoutMillis,
   };
 }
 

@@ -10,7 +10,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::config::{ConnectionConfig, PoolConfig, Target};
-use crate::dialect::Settings;
+use crate::dialect::{Settings, DEFAULT_QUERY_TIMEOUT};
 use crate::error::StoreError;
 use crate::store::Store;
 
@@ -44,6 +44,17 @@ pub struct NativeOptions {
   pub acquire_timeout_ms: Option<u32>,
   /// Time before an idle connection is closed, in ms.
   pub idle_timeout_ms: Option<u32>,
+  /// Longest a call may take, connection wait included, in ms.
+  pub query_timeout_ms: Option<u32>,
+}
+
+/// Connections of the store's pools.
+#[napi(object)]
+pub struct NativePoolStats {
+  /// Open connections, busy or idle.
+  pub size: u32,
+  /// Open connections waiting for work.
+  pub idle: u32,
 }
 
 #[napi]
@@ -89,6 +100,7 @@ impl NativeStore {
         acquire_timeout: millis(options.acquire_timeout_ms),
         idle_timeout: millis(options.idle_timeout_ms),
       },
+      query_timeout: millis(options.query_timeout_ms).unwrap_or(DEFAULT_QUERY_TIMEOUT),
     };
     let store = Store::new(Target::from_config(&connection)?, settings)?;
     Ok(Self {
@@ -148,6 +160,16 @@ impl NativeStore {
   #[napi]
   pub async fn delete_expired(&self) -> Result<f64> {
     Ok(count(self.store.delete_expired().await?))
+  }
+
+  /// Returns the connections of the pools, without waiting.
+  #[napi]
+  pub fn pool_stats(&self) -> NativePoolStats {
+    let stats = self.store.pool_stats();
+    NativePoolStats {
+      size: stats.size,
+      idle: stats.idle,
+    }
   }
 
   /// Closes the pools; later calls fail with ERR_STORE_CLOSED.

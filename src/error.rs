@@ -78,6 +78,16 @@ pub enum StoreError {
   )]
   PoolTimeout { target: String },
 
+  /// A call ran longer than the query timeout.
+  #[error(
+    "{operation} timed out after {millis} ms: the database is slow or a lock blocks the table; \
+     raise queryTimeoutMillis if such waits are expected"
+  )]
+  QueryTimeout {
+    operation: &'static str,
+    millis: u128,
+  },
+
   /// A MySQL/MariaDB table whose sid collation ignores case or trailing spaces already holds a
   /// sid equal to this one under that collation.
   #[error(
@@ -118,6 +128,7 @@ impl StoreError {
       Self::TableUnusable { .. } => "ERR_TABLE_UNUSABLE",
       Self::Connect { .. } | Self::OpenFile { .. } => "ERR_CONNECTION_FAILED",
       Self::PoolTimeout { .. } => "ERR_POOL_TIMEOUT",
+      Self::QueryTimeout { .. } => "ERR_QUERY_TIMEOUT",
       Self::SidConflict { .. } => "ERR_SID_CONFLICT",
       Self::Closed => "ERR_STORE_CLOSED",
       Self::CorruptRow { .. } => "ERR_CORRUPT_SESSION",

@@ -5,13 +5,14 @@
 
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
 use crate::config::Target;
-use crate::dialect::{Backend, Settings, CLEANUP_BATCH};
+use crate::dialect::{Backend, PoolStats, Settings, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 
 pub struct Store {
@@ -44,42 +45,57 @@ impl Store {
 
   pub async fn get(&self, sid: &str) -> Result<Option<String>> {
     let backend = self.backend().await?;
-    match backend.get(sid, Utc::now()).await {
-      Err(error) if error.is_connection_lost() => backend.get(sid, Utc::now()).await,
+    let first = self.bounded("get", backend.get(sid, Utc::now())).await;
+    match first {
+      Err(error) if error.is_connection_lost() => {
+        self.bounded("get", backend.get(sid, Utc::now())).await
+      }
       result => result,
     }
   }
 
   pub async fn set(&self, sid: &str, sess: &str, expires_ms: f64) -> Result<()> {
     let expires = instant("expires", expires_ms)?;
-    self.backend().await?.set(sid, sess, expires).await
+    let backend = self.backend().await?;
+    self.bounded("set", backend.set(sid, sess, expires)).await
   }
 
   pub async fn touch(&self, sid: &str, expires_ms: f64) -> Result<u64> {
     let expires = instant("expires", expires_ms)?;
-    self.backend().await?.touch(sid, expires, Utc::now()).await
+    let backend = self.backend().await?;
+    self
+      .bounded("touch", backend.touch(sid, expires, Utc::now()))
+      .await
   }
 
   pub async fn destroy(&self, sid: &str) -> Result<u64> {
-    self.backend().await?.destroy(sid).await
+    let backend = self.backend().await?;
+    self.bounded("destroy", backend.destroy(sid)).await
   }
 
   pub async fn clear(&self) -> Result<u64> {
-    self.backend().await?.clear().await
+    let backend = self.backend().await?;
+    self.bounded("clear", backend.clear()).await
   }
 
   pub async fn length(&self) -> Result<u64> {
     let backend = self.backend().await?;
-    match backend.length(Utc::now()).await {
-      Err(error) if error.is_connection_lost() => backend.length(Utc::now()).await,
+    let first = self.bounded("length", backend.length(Utc::now())).await;
+    match first {
+      Err(error) if error.is_connection_lost() => {
+        self.bounded("length", backend.length(Utc::now())).await
+      }
       result => result,
     }
   }
 
   pub async fn all(&self) -> Result<Vec<String>> {
     let backend = self.backend().await?;
-    match backend.all(Utc::now()).await {
-      Err(error) if error.is_connection_lost() => backend.all(Utc::now()).await,
+    let first = self.bounded("all", backend.all(Utc::now())).await;
+    match first {
+      Err(error) if error.is_connection_lost() => {
+        self.bounded("all", backend.all(Utc::now())).await
+      }
       result => result,
     }
   }
@@ -90,12 +106,21 @@ impl Store {
     let now = Utc::now();
     let mut total = 0;
     loop {
-      let deleted = backend.delete_expired(now).await?;
+      let deleted = self.bounded("cleanup", backend.delete_expired(now)).await?;
       total += deleted;
       if deleted < u64::from(CLEANUP_BATCH) || self.closed.load(Ordering::Acquire) {
         return Ok(total);
       }
     }
+  }
+
+  /// Returns the connections of the pools; all zero before the first call opens them.
+  pub fn pool_stats(&self) -> PoolStats {
+    self
+      .backend
+      .get()
+      .map(Backend::pool_stats)
+      .unwrap_or_default()
   }
 
   /// Closes the pools; later calls fail with `ERR_STORE_CLOSED`. Closing twice is harmless.
@@ -106,13 +131,30 @@ impl Store {
     }
   }
 
+  /// Fails `future` with `ERR_QUERY_TIMEOUT` when it runs longer than the query timeout.
+  /// Dropping it closes the connection it used, so the pool opens a new one.
+  async fn bounded<T>(
+    &self,
+    operation: &'static str,
+    future: impl Future<Output = Result<T>>,
+  ) -> Result<T> {
+    let limit = self.settings.query_timeout;
+    match tokio::time::timeout(limit, future).await {
+      Ok(result) => result,
+      Err(_) => Err(StoreError::QueryTimeout {
+        operation,
+        millis: limit.as_millis(),
+      }),
+    }
+  }
+
   async fn backend(&self) -> Result<&Backend> {
     if self.closed.load(Ordering::Acquire) {
       return Err(StoreError::Closed);
     }
     let backend = self
       .backend
-      .get_or_try_init(|| Backend::open(&self.target, &self.settings))
+      .get_or_try_init(|| self.bounded("setup", Backend::open(&self.target, &self.settings)))
       .await?;
     // `close()` may have run while the backend was opening, before it could be closed.
     if self.closed.load(Ordering::Acquire) {
@@ -169,6 +211,7 @@ mod tests {
       sid_field_name: "sid".into(),
       create_table: true,
       pool: PoolConfig::default(),
+      query_timeout: crate::dialect::DEFAULT_QUERY_TIMEOUT,
     };
     Store::new(Target::from_config(&config).expect("target"), settings).expect("store")
   }

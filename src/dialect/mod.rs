@@ -19,6 +19,10 @@ use crate::schema::TableNames;
 /// Most rows one cleanup statement deletes, so a backlog of expired rows never holds a long lock.
 pub const CLEANUP_BATCH: u32 = 5_000;
 
+/// Default bound on one call, connection wait included; above the default acquire timeout so
+/// that an exhausted pool reports ERR_POOL_TIMEOUT first.
+pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What a backend needs besides the target.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -26,6 +30,8 @@ pub struct Settings {
   pub sid_field_name: String,
   pub create_table: bool,
   pub pool: PoolConfig,
+  /// Longest a call may take before it fails with ERR_QUERY_TIMEOUT.
+  pub query_timeout: std::time::Duration,
 }
 
 /// SQL text of every operation, built once when the backend opens.
@@ -39,6 +45,29 @@ struct Statements {
   length: String,
   all: String,
   delete_expired: String,
+}
+
+/// Connections of a backend's pools.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+  /// Open connections, busy or idle.
+  pub size: u32,
+  /// Open connections waiting for work.
+  pub idle: u32,
+}
+
+impl PoolStats {
+  fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+    Self {
+      size: pool.size(),
+      idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+    }
+  }
+
+  fn add(&mut self, other: Self) {
+    self.size += other.size;
+    self.idle += other.idle;
+  }
 }
 
 /// A connected dialect with its pools and statements.
@@ -143,6 +172,15 @@ impl Backend {
       Self::Sqlite(db) => db.delete_expired(now).await,
       Self::Postgres(db) => db.delete_expired(now).await,
       Self::Mysql(db) => db.delete_expired(now).await,
+    }
+  }
+
+  /// Returns the connections of the pools.
+  pub fn pool_stats(&self) -> PoolStats {
+    match self {
+      Self::Sqlite(db) => db.pool_stats(),
+      Self::Postgres(db) => db.pool_stats(),
+      Self::Mysql(db) => db.pool_stats(),
     }
   }
 

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySqlConnection, Row};
 
-use super::{check_columns, Settings, Statements, CLEANUP_BATCH};
+use super::{check_columns, PoolStats, Settings, Statements, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
@@ -178,6 +178,10 @@ impl Mysql {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  pub fn pool_stats(&self) -> PoolStats {
+    PoolStats::of(&self.pool)
   }
 
   pub async fn close(&self) {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{check_columns, column_type, Settings, Statements, CLEANUP_BATCH};
+use super::{check_columns, column_type, PoolStats, Settings, Statements, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
@@ -150,6 +150,10 @@ impl Postgres {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  pub fn pool_stats(&self) -> PoolStats {
+    PoolStats::of(&self.pool)
   }
 
   pub async fn close(&self) {

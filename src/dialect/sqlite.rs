@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
-use super::{check_columns, Settings, Statements, CLEANUP_BATCH};
+use super::{check_columns, PoolStats, Settings, Statements, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
@@ -28,6 +28,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sqlite {
   writer: SqlitePool,
   reader: SqlitePool,
+  /// True when `reader` and `writer` are one pool (in-memory databases).
+  shared: bool,
   sql: Statements,
   label: String,
 }
@@ -103,6 +105,7 @@ impl Sqlite {
     Ok(Self {
       writer,
       reader,
+      shared: in_memory,
       sql: statements(&names),
       label: label.to_owned(),
     })
@@ -192,6 +195,14 @@ impl Sqlite {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  pub fn pool_stats(&self) -> PoolStats {
+    let mut stats = PoolStats::of(&self.writer);
+    if !self.shared {
+      stats.add(PoolStats::of(&self.reader));
+    }
+    stats
   }
 
   pub async fn close(&self) {
