@@ -123,19 +123,19 @@ impl NativeStore {
   /// Inserts or replaces a session expiring at `expires` (epoch ms).
   #[napi]
   pub async fn set(&self, sid: String, sess: String, expires: f64) -> Result<()> {
-    Ok(self.store.set(&sid, &sess, expires).await?)
+    Ok(self.store.set(sid, sess, expires).await?)
   }
 
   /// Moves the expiry of a live session; returns the rows changed.
   #[napi]
   pub async fn touch(&self, sid: String, expires: f64) -> Result<f64> {
-    Ok(count(self.store.touch(&sid, expires).await?))
+    Ok(count(self.store.touch(sid, expires).await?))
   }
 
   /// Deletes a session; returns the rows deleted.
   #[napi]
   pub async fn destroy(&self, sid: String) -> Result<f64> {
-    Ok(count(self.store.destroy(&sid).await?))
+    Ok(count(self.store.destroy(sid).await?))
   }
 
   /// Deletes every session; returns the rows deleted.

@@ -5,7 +5,8 @@
 //! - `index.js` and `lib/` (JavaScript): the express-session contract, callbacks, JSON, the
 //!   expiry rule, option checks and the cleanup timer.
 //! - `binding`: the `NativeStore` class, the only Rust code that uses napi types.
-//! - the core, free of napi: `store` (opens the backend once and forwards calls), `dialect`
+//! - the core, free of napi: `store` (opens the backend once and forwards calls), `batch`
+//!   (group commit of writes), `dialect`
 //!   (one module per SQL dialect behind one enum), `config` (URLs and connection fields),
 //!   `schema` (identifier checks and quoting) and `error` (codes and messages).
 //!
@@ -13,6 +14,7 @@
 
 #![deny(clippy::all)]
 
+mod batch;
 mod binding;
 mod config;
 mod dialect;

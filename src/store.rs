@@ -7,19 +7,27 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
+use crate::batch::WriteQueue;
 use crate::config::Target;
-use crate::dialect::{Backend, PoolStats, Settings, CLEANUP_BATCH};
+use crate::dialect::{Backend, PendingWrite, PoolStats, Settings, WriteOp, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 
 pub struct Store {
   target: Target,
   settings: Settings,
-  backend: OnceCell<Backend>,
+  opened: OnceCell<Opened>,
   closed: AtomicBool,
+}
+
+/// An open backend with the write lanes that feed it.
+struct Opened {
+  backend: Arc<Backend>,
+  writes: WriteQueue,
 }
 
 impl Store {
@@ -30,7 +38,7 @@ impl Store {
     Ok(Self {
       target,
       settings,
-      backend: OnceCell::new(),
+      opened: OnceCell::new(),
       closed: AtomicBool::new(false),
     })
   }
@@ -54,23 +62,28 @@ impl Store {
     }
   }
 
-  pub async fn set(&self, sid: &str, sess: &str, expires_ms: f64) -> Result<()> {
+  // Writes go through the group-commit lanes of `batch`.
+  // NOTE: a write that hits the query timeout may still be committed afterwards by its lane.
+
+  pub async fn set(&self, sid: String, sess: String, expires_ms: f64) -> Result<()> {
     let expires = instant("expires", expires_ms)?;
-    let backend = self.backend().await?;
-    self.bounded("set", backend.set(sid, sess, expires)).await
+    let op = WriteOp::Set { sess, expires };
+    self.write("set", sid, op).await.map(|_| ())
   }
 
-  pub async fn touch(&self, sid: &str, expires_ms: f64) -> Result<u64> {
+  pub async fn touch(&self, sid: String, expires_ms: f64) -> Result<u64> {
     let expires = instant("expires", expires_ms)?;
-    let backend = self.backend().await?;
-    self
-      .bounded("touch", backend.touch(sid, expires, Utc::now()))
-      .await
+    self.write("touch", sid, WriteOp::Touch { expires }).await
   }
 
-  pub async fn destroy(&self, sid: &str) -> Result<u64> {
-    let backend = self.backend().await?;
-    self.bounded("destroy", backend.destroy(sid)).await
+  pub async fn destroy(&self, sid: String) -> Result<u64> {
+    self.write("destroy", sid, WriteOp::Destroy).await
+  }
+
+  async fn write(&self, operation: &'static str, sid: String, op: WriteOp) -> Result<u64> {
+    let opened = self.opened().await?;
+    let write = PendingWrite { sid, op };
+    self.bounded(operation, opened.writes.submit(write)).await
   }
 
   pub async fn clear(&self) -> Result<u64> {
@@ -116,18 +129,17 @@ impl Store {
 
   /// Returns the connections of the pools; all zero before the first call opens them.
   pub fn pool_stats(&self) -> PoolStats {
-    self
-      .backend
-      .get()
-      .map(Backend::pool_stats)
+    let opened = self.opened.get();
+    opened
+      .map(|opened| opened.backend.pool_stats())
       .unwrap_or_default()
   }
 
   /// Closes the pools; later calls fail with `ERR_STORE_CLOSED`. Closing twice is harmless.
   pub async fn close(&self) {
     self.closed.store(true, Ordering::Release);
-    if let Some(backend) = self.backend.get() {
-      backend.close().await;
+    if let Some(opened) = self.opened.get() {
+      opened.backend.close().await;
     }
   }
 
@@ -149,19 +161,31 @@ impl Store {
   }
 
   async fn backend(&self) -> Result<&Backend> {
+    Ok(&self.opened().await?.backend)
+  }
+
+  async fn opened(&self) -> Result<&Opened> {
     if self.closed.load(Ordering::Acquire) {
       return Err(StoreError::Closed);
     }
-    let backend = self
-      .backend
-      .get_or_try_init(|| self.bounded("setup", Backend::open(&self.target, &self.settings)))
+    let opened = self
+      .opened
+      .get_or_try_init(|| async {
+        let backend = self
+          .bounded("setup", Backend::open(&self.target, &self.settings))
+          .await?;
+        let lanes = backend.write_lanes(self.settings.pool.max);
+        let backend = Arc::new(backend);
+        let writes = WriteQueue::start(Arc::clone(&backend), lanes);
+        Ok::<_, StoreError>(Opened { backend, writes })
+      })
       .await?;
     // `close()` may have run while the backend was opening, before it could be closed.
     if self.closed.load(Ordering::Acquire) {
-      backend.close().await;
+      opened.backend.close().await;
       return Err(StoreError::Closed);
     }
-    Ok(backend)
+    Ok(opened)
   }
 }
 
@@ -226,7 +250,7 @@ mod tests {
   async fn set_then_get_round_trips() {
     let store = memory_store();
     store
-      .set("a", "{\"n\":1}", now_ms(60_000))
+      .set("a".into(), "{\"n\":1}".into(), now_ms(60_000))
       .await
       .expect("set");
     assert_eq!(
@@ -239,16 +263,25 @@ mod tests {
   #[tokio::test]
   async fn expired_rows_are_invisible_until_deleted() {
     let store = memory_store();
-    store.set("old", "{}", now_ms(-1)).await.expect("set old");
     store
-      .set("new", "{}", now_ms(60_000))
+      .set("old".into(), "{}".into(), now_ms(-1))
+      .await
+      .expect("set old");
+    store
+      .set("new".into(), "{}".into(), now_ms(60_000))
       .await
       .expect("set new");
     assert_eq!(store.get("old").await.expect("get"), None);
     assert_eq!(store.all().await.expect("all").len(), 1);
-    assert_eq!(store.touch("old", now_ms(60_000)).await.expect("touch"), 0);
+    assert_eq!(
+      store
+        .touch("old".into(), now_ms(60_000))
+        .await
+        .expect("touch"),
+      0
+    );
     assert_eq!(store.delete_expired().await.expect("cleanup"), 1);
-    assert_eq!(store.destroy("new").await.expect("destroy"), 1);
+    assert_eq!(store.destroy("new".into()).await.expect("destroy"), 1);
   }
 
   #[tokio::test]

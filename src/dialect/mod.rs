@@ -47,6 +47,61 @@ struct Statements {
   delete_expired: String,
 }
 
+/// One write waiting in the group-commit queue.
+#[derive(Debug)]
+pub struct PendingWrite {
+  pub sid: String,
+  pub op: WriteOp,
+}
+
+#[derive(Debug)]
+pub enum WriteOp {
+  Set {
+    sess: String,
+    expires: DateTime<Utc>,
+  },
+  Touch {
+    expires: DateTime<Utc>,
+  },
+  Destroy,
+}
+
+impl PendingWrite {
+  /// Returns the bytes this write sends, for bounding batches.
+  pub fn size(&self) -> usize {
+    match &self.op {
+      WriteOp::Set { sess, .. } => self.sid.len() + sess.len(),
+      _ => self.sid.len(),
+    }
+  }
+
+  fn same_kind(&self, other: &Self) -> bool {
+    std::mem::discriminant(&self.op) == std::mem::discriminant(&other.op)
+  }
+}
+
+/// Splits a batch into runs of one kind of write with distinct sids, in order, so each run
+/// can become one multi-row statement without a row being changed twice by it.
+fn runs(writes: &[PendingWrite]) -> Vec<std::ops::Range<usize>> {
+  let mut runs = Vec::new();
+  let mut start = 0;
+  let mut sids = std::collections::HashSet::new();
+  for (index, write) in writes.iter().enumerate() {
+    let breaks =
+      index > start && (!write.same_kind(&writes[start]) || sids.contains(write.sid.as_str()));
+    if breaks {
+      runs.push(start..index);
+      start = index;
+      sids.clear();
+    }
+    sids.insert(write.sid.as_str());
+  }
+  if start < writes.len() {
+    runs.push(start..writes.len());
+  }
+  runs
+}
+
 /// Connections of a backend's pools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PoolStats {
@@ -175,6 +230,46 @@ impl Backend {
     }
   }
 
+  /// Commits a batch of writes and returns each one's result, in order. Several writes go
+  /// into one transaction; when that fails, each is run on its own, so one bad write fails
+  /// only its own call.
+  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Vec<Result<u64>> {
+    if writes.len() > 1 {
+      let batched = match self {
+        Self::Sqlite(db) => db.write_batch(writes, now).await,
+        Self::Postgres(db) => db.write_batch(writes, now).await,
+        Self::Mysql(db) => db.write_batch(writes, now).await,
+      };
+      if let Ok(counts) = batched {
+        return counts.into_iter().map(Ok).collect();
+      }
+    }
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+      results.push(self.write_one(write, now).await);
+    }
+    results
+  }
+
+  async fn write_one(&self, write: &PendingWrite, now: DateTime<Utc>) -> Result<u64> {
+    match &write.op {
+      WriteOp::Set { sess, expires } => self.set(&write.sid, sess, *expires).await.map(|()| 1),
+      WriteOp::Touch { expires } => self.touch(&write.sid, *expires, now).await,
+      WriteOp::Destroy => self.destroy(&write.sid).await,
+    }
+  }
+
+  /// Returns how many write lanes suit the backend: SQLite has a single writer.
+  pub fn write_lanes(&self, pool_max: Option<u32>) -> usize {
+    match self {
+      Self::Sqlite(_) => 1,
+      // Half the pool, at most 4, leaves connections for reads.
+      _ => usize::try_from(pool_max.unwrap_or(10) / 2)
+        .unwrap_or(1)
+        .clamp(1, 4),
+    }
+  }
+
   /// Returns the connections of the pools.
   pub fn pool_stats(&self) -> PoolStats {
     match self {
@@ -218,4 +313,34 @@ fn column_type(columns: &[(String, String)], column: &str) -> String {
     .find(|(name, _)| name == column)
     .map(|(_, kind)| kind.to_ascii_lowercase())
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn write(sid: &str, op: WriteOp) -> PendingWrite {
+    PendingWrite {
+      sid: sid.into(),
+      op,
+    }
+  }
+
+  #[test]
+  fn runs_break_on_kind_change_and_repeated_sid() {
+    let now = Utc::now();
+    let set = || WriteOp::Set {
+      sess: "{}".into(),
+      expires: now,
+    };
+    let writes = [
+      write("a", set()),
+      write("b", set()),
+      write("a", set()),
+      write("a", WriteOp::Destroy),
+      write("b", WriteOp::Destroy),
+      write("c", WriteOp::Touch { expires: now }),
+    ];
+    assert_eq!(runs(&writes), vec![0..2, 2..3, 3..5, 5..6]);
+  }
 }

@@ -7,11 +7,16 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySqlConnection, Row};
 
-use super::{check_columns, PoolStats, Settings, Statements, CLEANUP_BATCH};
+use super::{
+  check_columns, runs, PendingWrite, PoolStats, Settings, Statements, WriteOp, CLEANUP_BATCH,
+};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
@@ -24,6 +29,12 @@ const COLUMN_NULL: u16 = 1048;
 pub struct Mysql {
   pool: MySqlPool,
   sql: Statements,
+  /// Multi-row upserts by row count, built on first use.
+  batch_sets: Mutex<HashMap<usize, Arc<str>>>,
+  /// The upsert's `ON DUPLICATE KEY UPDATE` clause, shared by single and multi-row forms.
+  on_duplicate: String,
+  table: String,
+  sid: String,
   label: String,
 }
 
@@ -84,6 +95,10 @@ impl Mysql {
     Ok(Self {
       pool,
       sql: statements(&names, exact),
+      batch_sets: Mutex::new(HashMap::new()),
+      on_duplicate: on_duplicate(&names, exact),
+      table: names.quoted_table(Quote::Backtick),
+      sid: names.quoted_sid(Quote::Backtick),
       label: label.to_owned(),
     })
   }
@@ -178,6 +193,67 @@ impl Mysql {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  /// Runs the writes in one transaction, each run of sets as one multi-row upsert.
+  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+    let fail = |error| self.fail("set", error);
+    let mut tx = self.pool.begin().await.map_err(fail)?;
+    let mut counts = Vec::with_capacity(writes.len());
+    for run in runs(writes) {
+      let run = &writes[run];
+      if matches!(run[0].op, WriteOp::Set { .. }) && run.len() > 1 {
+        let sql = self.batch_set(run.len());
+        let mut query = sqlx::query(&sql);
+        for write in run {
+          if let WriteOp::Set { sess, expires } = &write.op {
+            query = query.bind(&write.sid).bind(sess).bind(*expires);
+          }
+        }
+        query.execute(&mut *tx).await.map_err(fail)?;
+        counts.extend(std::iter::repeat_n(1, run.len()));
+        continue;
+      }
+      for write in run {
+        let done = match &write.op {
+          WriteOp::Set { sess, expires } => sqlx::query(&self.sql.set)
+            .bind(&write.sid)
+            .bind(sess)
+            .bind(*expires),
+          WriteOp::Touch { expires } => sqlx::query(&self.sql.touch)
+            .bind(*expires)
+            .bind(&write.sid)
+            .bind(&write.sid)
+            .bind(now),
+          WriteOp::Destroy => sqlx::query(&self.sql.destroy)
+            .bind(&write.sid)
+            .bind(&write.sid),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        counts.push(done.rows_affected());
+      }
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(counts)
+  }
+
+  /// Returns the upsert of `rows` rows, building it once per row count.
+  fn batch_set(&self, rows: usize) -> Arc<str> {
+    let mut cache = self
+      .batch_sets
+      .lock()
+      .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sql = cache.entry(rows).or_insert_with(|| {
+      let values = vec!["(?, ?, ?)"; rows].join(", ");
+      format!(
+        "INSERT INTO {} ({}, `sess`, `expired`) VALUES {values} {}",
+        self.table, self.sid, self.on_duplicate
+      )
+      .into()
+    });
+    Arc::clone(sql)
   }
 
   pub fn pool_stats(&self) -> PoolStats {
@@ -290,21 +366,13 @@ fn statements(names: &TableNames, sid_is_exact: bool) -> Statements {
   let table = names.quoted_table(Quote::Backtick);
   let sid = names.quoted_sid(Quote::Backtick);
   let exact = format!("{sid} = ? AND CAST({sid} AS BINARY) = CAST(? AS BINARY)");
-  // Under a case-insensitive or padding collation the primary key can match another sid
-  // (`abc` for `ABC`). Setting that row's sid to NULL then fails the statement under strict
-  // mode, so one session never overwrites another.
-  let guard = if sid_is_exact {
-    String::new()
-  } else {
-    format!("{sid} = IF(CAST({sid} AS BINARY) = CAST(VALUES({sid}) AS BINARY), {sid}, NULL), ")
-  };
   Statements {
     get: format!("SELECT `sess` FROM {table} WHERE {exact} AND `expired` >= ?"),
     // NOTE: VALUES() in ON DUPLICATE KEY UPDATE is deprecated since MySQL 8.0.20 but still
     // works; the row-alias form that replaces it is not understood by MariaDB.
     set: format!(
-      "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES (?, ?, ?) \
-       ON DUPLICATE KEY UPDATE {guard}`sess` = VALUES(`sess`), `expired` = VALUES(`expired`)"
+      "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES (?, ?, ?) {}",
+      on_duplicate(names, sid_is_exact)
     ),
     touch: format!("UPDATE {table} SET `expired` = ? WHERE {exact} AND `expired` >= ?"),
     destroy: format!("DELETE FROM {table} WHERE {exact}"),
@@ -313,6 +381,20 @@ fn statements(names: &TableNames, sid_is_exact: bool) -> Statements {
     all: format!("SELECT `sess` FROM {table} WHERE `expired` >= ?"),
     delete_expired: format!("DELETE FROM {table} WHERE `expired` < ? LIMIT {CLEANUP_BATCH}"),
   }
+}
+
+/// Returns the update clause of the upsert.
+fn on_duplicate(names: &TableNames, sid_is_exact: bool) -> String {
+  let sid = names.quoted_sid(Quote::Backtick);
+  // Under a case-insensitive or padding collation the primary key can match another sid
+  // (`abc` for `ABC`). Setting that row's sid to NULL then fails the statement under strict
+  // mode, so one session never overwrites another.
+  let guard = if sid_is_exact {
+    String::new()
+  } else {
+    format!("{sid} = IF(CAST({sid} AS BINARY) = CAST(VALUES({sid}) AS BINARY), {sid}, NULL), ")
+  };
+  format!("ON DUPLICATE KEY UPDATE {guard}`sess` = VALUES(`sess`), `expired` = VALUES(`expired`)")
 }
 
 fn connect_error(label: &str, error: sqlx::Error) -> StoreError {

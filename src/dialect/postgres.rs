@@ -7,13 +7,17 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{check_columns, column_type, PoolStats, Settings, Statements, CLEANUP_BATCH};
+use super::{
+  check_columns, column_type, runs, PendingWrite, PoolStats, Settings, Statements, WriteOp,
+  CLEANUP_BATCH,
+};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
 pub struct Postgres {
   pool: PgPool,
   sql: Statements,
+  batch: BatchStatements,
   label: String,
 }
 
@@ -62,7 +66,9 @@ impl Postgres {
       } else {
         None
       };
-    let sql = statements(&names, &column_type(&columns, "sess"), zone.as_deref());
+    let sess_type = column_type(&columns, "sess");
+    let sql = statements(&names, &sess_type, zone.as_deref());
+    let batch = batch_statements(&names, &sess_type, zone.as_deref());
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let pool = PgPoolOptions::new()
@@ -74,6 +80,7 @@ impl Postgres {
     Ok(Self {
       pool,
       sql,
+      batch,
       label: label.to_owned(),
     })
   }
@@ -150,6 +157,73 @@ impl Postgres {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  /// Runs the writes in one transaction, each run of sets, touches or destroys as one
+  /// statement over arrays.
+  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+    let fail = |error| self.fail("set", error);
+    let mut tx = self.pool.begin().await.map_err(fail)?;
+    let mut counts = Vec::with_capacity(writes.len());
+    for run in runs(writes) {
+      let run = &writes[run];
+      let sids: Vec<&str> = run.iter().map(|write| write.sid.as_str()).collect();
+      match &run[0].op {
+        WriteOp::Set { .. } => {
+          let mut sessions = Vec::with_capacity(run.len());
+          let mut expiries = Vec::with_capacity(run.len());
+          for write in run {
+            if let WriteOp::Set { sess, expires } = &write.op {
+              sessions.push(sess.as_str());
+              expiries.push(*expires);
+            }
+          }
+          sqlx::query(&self.batch.set)
+            .bind(&sids)
+            .bind(&sessions)
+            .bind(&expiries)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+          counts.extend(std::iter::repeat_n(1, run.len()));
+        }
+        WriteOp::Touch { .. } => {
+          let expiries: Vec<DateTime<Utc>> = run
+            .iter()
+            .filter_map(|write| match write.op {
+              WriteOp::Touch { expires } => Some(expires),
+              _ => None,
+            })
+            .collect();
+          let changed: Vec<String> = sqlx::query_scalar(&self.batch.touch)
+            .bind(&sids)
+            .bind(&expiries)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+          counts.extend(
+            sids
+              .iter()
+              .map(|sid| u64::from(changed.iter().any(|c| c == sid))),
+          );
+        }
+        WriteOp::Destroy => {
+          let deleted: Vec<String> = sqlx::query_scalar(&self.batch.destroy)
+            .bind(&sids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+          counts.extend(
+            sids
+              .iter()
+              .map(|sid| u64::from(deleted.iter().any(|d| d == sid))),
+          );
+        }
+      }
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(counts)
   }
 
   pub fn pool_stats(&self) -> PoolStats {
@@ -268,6 +342,47 @@ fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> 
       "DELETE FROM {table} WHERE {sid} IN (SELECT {sid} FROM {table} \
        WHERE \"expired\" < {p1} LIMIT {CLEANUP_BATCH}) AND \"expired\" < {p1}"
     ),
+  }
+}
+
+/// Multi-row forms of set, touch and destroy, taking one array per column.
+struct BatchStatements {
+  set: String,
+  touch: String,
+  destroy: String,
+}
+
+fn batch_statements(
+  names: &TableNames,
+  sess_type: &str,
+  naive_zone: Option<&str>,
+) -> BatchStatements {
+  let table = names.quoted_table(Quote::Double);
+  let sid = names.quoted_sid(Quote::Double);
+  let sess = match sess_type {
+    "jsonb" => "v.sess::jsonb",
+    "json" => "v.sess::json",
+    _ => "v.sess",
+  };
+  let at = |value: &str| match naive_zone {
+    Some(zone) => format!("({value} AT TIME ZONE '{}')", zone.replace('\'', "''")),
+    None => value.to_owned(),
+  };
+  let (expires, now) = (at("v.expires"), at("$3::timestamptz"));
+  BatchStatements {
+    set: format!(
+      "INSERT INTO {table} ({sid}, \"sess\", \"expired\") \
+       SELECT v.sid, {sess}, {expires} \
+       FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS v(sid, sess, expires) \
+       ON CONFLICT ({sid}) DO UPDATE SET \"sess\" = excluded.\"sess\", \
+       \"expired\" = excluded.\"expired\""
+    ),
+    touch: format!(
+      "UPDATE {table} AS t SET \"expired\" = {expires} \
+       FROM unnest($1::text[], $2::timestamptz[]) AS v(sid, expires) \
+       WHERE t.{sid} = v.sid AND t.\"expired\" >= {now} RETURNING t.{sid}::text"
+    ),
+    destroy: format!("DELETE FROM {table} WHERE {sid} = ANY($1::text[]) RETURNING {sid}::text"),
   }
 }
 

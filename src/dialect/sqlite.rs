@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
-use super::{check_columns, PoolStats, Settings, Statements, CLEANUP_BATCH};
+use super::{check_columns, PendingWrite, PoolStats, Settings, Statements, WriteOp, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
@@ -195,6 +195,32 @@ impl Sqlite {
       .await
       .map_err(|error| self.fail("cleanup", error))?;
     Ok(done.rows_affected())
+  }
+
+  /// Runs the writes in one transaction: one commit, and one sync of the WAL, for all.
+  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+    let fail = |error| self.fail("set", error);
+    let mut tx = self.writer.begin().await.map_err(fail)?;
+    let mut counts = Vec::with_capacity(writes.len());
+    for write in writes {
+      let done = match &write.op {
+        WriteOp::Set { sess, expires } => sqlx::query(&self.sql.set)
+          .bind(&write.sid)
+          .bind(sess)
+          .bind(iso(*expires)),
+        WriteOp::Touch { expires } => sqlx::query(&self.sql.touch)
+          .bind(&write.sid)
+          .bind(iso(*expires))
+          .bind(seconds(now)),
+        WriteOp::Destroy => sqlx::query(&self.sql.destroy).bind(&write.sid),
+      }
+      .execute(&mut *tx)
+      .await
+      .map_err(fail)?;
+      counts.push(done.rows_affected());
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(counts)
   }
 
   pub fn pool_stats(&self) -> PoolStats {
