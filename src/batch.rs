@@ -23,9 +23,13 @@ const MAX_BATCH_WRITES: usize = 256;
 /// MySQL 8 uses 64 MiB), so a full batch stays well under it.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-struct Queued {
-  write: PendingWrite,
-  reply: oneshot::Sender<Result<u64>>,
+enum Queued {
+  Write {
+    write: PendingWrite,
+    reply: oneshot::Sender<Result<u64>>,
+  },
+  /// Answered once every write queued before it is committed.
+  Flush(oneshot::Sender<()>),
 }
 
 /// The lanes of one store.
@@ -51,9 +55,23 @@ impl WriteQueue {
     let lane = &self.lanes[lane_of(&write.sid, self.lanes.len())];
     let (reply, answer) = oneshot::channel();
     lane
-      .send(Queued { write, reply })
+      .send(Queued::Write { write, reply })
       .map_err(|_| StoreError::Closed)?;
     answer.await.unwrap_or(Err(StoreError::Closed))
+  }
+
+  /// Waits until every write queued so far is committed or failed.
+  pub async fn flush(&self) {
+    let mut answers = Vec::with_capacity(self.lanes.len());
+    for lane in &self.lanes {
+      let (reply, answer) = oneshot::channel();
+      if lane.send(Queued::Flush(reply)).is_ok() {
+        answers.push(answer);
+      }
+    }
+    for answer in answers {
+      let _ = answer.await;
+    }
   }
 }
 
@@ -70,24 +88,37 @@ async fn run_lane(backend: Arc<Backend>, mut receiver: mpsc::UnboundedReceiver<Q
   let mut writes = Vec::new();
   let mut replies = Vec::new();
   while let Some(first) = receiver.recv().await {
-    let mut bytes = first.write.size();
-    writes.push(first.write);
-    replies.push(first.reply);
-    while writes.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-      let Ok(next) = receiver.try_recv() else {
-        break;
-      };
-      bytes += next.write.size();
-      writes.push(next.write);
-      replies.push(next.reply);
+    let mut flush = None;
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(queued) = next.take() {
+      match queued {
+        Queued::Write { write, reply } => {
+          bytes += write.size();
+          writes.push(write);
+          replies.push(reply);
+        }
+        Queued::Flush(reply) => {
+          flush = Some(reply);
+          break;
+        }
+      }
+      if writes.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+        next = receiver.try_recv().ok();
+      }
     }
 
-    let results = backend.write_batch(&writes, Utc::now()).await;
-    for (reply, result) in replies.drain(..).zip(results) {
-      // A caller that timed out has dropped its receiver; nothing is left to tell.
-      let _ = reply.send(result);
+    if !writes.is_empty() {
+      let results = backend.write_batch(&writes, Utc::now()).await;
+      for (reply, result) in replies.drain(..).zip(results) {
+        // A caller that timed out has dropped its receiver; nothing is left to tell.
+        let _ = reply.send(result);
+      }
+      writes.clear();
     }
-    writes.clear();
+    if let Some(reply) = flush {
+      let _ = reply.send(());
+    }
   }
 }
 

@@ -63,6 +63,17 @@ pub enum StoreError {
     source: sqlx::Error,
   },
 
+  /// An established connection broke while a statement ran (server restart, killed backend).
+  #[error(
+    "{operation} lost its connection to {target}: {source}; the next call uses a new connection"
+  )]
+  ConnectionLost {
+    operation: &'static str,
+    target: String,
+    #[source]
+    source: sqlx::Error,
+  },
+
   /// The SQLite file could not be opened or created.
   #[error("cannot open {target}: {source}; check that its folder exists and is writable")]
   OpenFile {
@@ -127,6 +138,7 @@ impl StoreError {
       Self::TableMissing { .. } => "ERR_TABLE_MISSING",
       Self::TableUnusable { .. } => "ERR_TABLE_UNUSABLE",
       Self::Connect { .. } | Self::OpenFile { .. } => "ERR_CONNECTION_FAILED",
+      Self::ConnectionLost { .. } => "ERR_CONNECTION_LOST",
       Self::PoolTimeout { .. } => "ERR_POOL_TIMEOUT",
       Self::QueryTimeout { .. } => "ERR_QUERY_TIMEOUT",
       Self::SidConflict { .. } => "ERR_SID_CONFLICT",
@@ -140,15 +152,8 @@ impl StoreError {
   /// connection may succeed.
   pub fn is_connection_lost(&self) -> bool {
     match self {
+      Self::ConnectionLost { .. } => true,
       Self::Connect { source, .. } => !matches!(source, sqlx::Error::Database(_)),
-      Self::Database { source, .. } => match source {
-        sqlx::Error::Protocol(_) | sqlx::Error::Io(_) => true,
-        // PostgreSQL 57P01-57P03: the server is shutting down or the backend was terminated.
-        sqlx::Error::Database(db) => {
-          matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
-        }
-        _ => false,
-      },
       _ => false,
     }
   }
@@ -160,7 +165,25 @@ impl StoreError {
         target: target.to_owned(),
       },
       sqlx::Error::PoolClosed => Self::Closed,
-      sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Self::Connect {
+      // The pool opens connections inside calls, so an I/O error there may be a refused
+      // connect as well as a broken one: a refused connect never sent the statement.
+      sqlx::Error::Io(ref io) if is_refused(io) => Self::Connect {
+        target: target.to_owned(),
+        source,
+      },
+      sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => Self::ConnectionLost {
+        operation,
+        target: target.to_owned(),
+        source,
+      },
+      sqlx::Error::Database(ref db) if is_terminated(db.code().as_deref()) => {
+        Self::ConnectionLost {
+          operation,
+          target: target.to_owned(),
+          source,
+        }
+      }
+      sqlx::Error::Tls(_) => Self::Connect {
         target: target.to_owned(),
         source,
       },
@@ -175,6 +198,20 @@ impl StoreError {
       },
     }
   }
+}
+
+fn is_refused(error: &std::io::Error) -> bool {
+  use std::io::ErrorKind;
+  matches!(
+    error.kind(),
+    ErrorKind::ConnectionRefused | ErrorKind::NotFound | ErrorKind::AddrNotAvailable
+  )
+}
+
+/// Tells whether a PostgreSQL code means the server ended the session: 57P01 admin shutdown
+/// or terminated backend, 57P02 crash shutdown, 57P03 cannot connect now.
+fn is_terminated(code: Option<&str>) -> bool {
+  matches!(code, Some("57P01" | "57P02" | "57P03"))
 }
 
 /// Tells whether a database error code means the server refused the login or the database name.

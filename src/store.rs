@@ -139,6 +139,8 @@ impl Store {
   pub async fn close(&self) {
     self.closed.store(true, Ordering::Release);
     if let Some(opened) = self.opened.get() {
+      // Writes already accepted are committed before the pools close.
+      opened.writes.flush().await;
       opened.backend.close().await;
     }
   }

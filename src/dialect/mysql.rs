@@ -198,19 +198,23 @@ impl Mysql {
   /// Runs the writes in one transaction, each run of sets as one multi-row upsert.
   pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
     let fail = |error| self.fail("set", error);
+    let runs = runs(writes);
+    // One multi-row upsert commits atomically by itself; a transaction would add round trips.
+    if let [run] = runs.as_slice() {
+      if matches!(writes[0].op, WriteOp::Set { .. }) {
+        self
+          .set_run(&self.pool, &writes[run.clone()])
+          .await
+          .map_err(fail)?;
+        return Ok(vec![1; writes.len()]);
+      }
+    }
     let mut tx = self.pool.begin().await.map_err(fail)?;
     let mut counts = Vec::with_capacity(writes.len());
-    for run in runs(writes) {
+    for run in runs {
       let run = &writes[run];
       if matches!(run[0].op, WriteOp::Set { .. }) && run.len() > 1 {
-        let sql = self.batch_set(run.len());
-        let mut query = sqlx::query(&sql);
-        for write in run {
-          if let WriteOp::Set { sess, expires } = &write.op {
-            query = query.bind(&write.sid).bind(sess).bind(*expires);
-          }
-        }
-        query.execute(&mut *tx).await.map_err(fail)?;
+        self.set_run(&mut *tx, run).await.map_err(fail)?;
         counts.extend(std::iter::repeat_n(1, run.len()));
         continue;
       }
@@ -237,6 +241,22 @@ impl Mysql {
     }
     tx.commit().await.map_err(fail)?;
     Ok(counts)
+  }
+
+  /// Upserts a run of sets with distinct sids in one statement.
+  async fn set_run<'c, E>(&self, executor: E, run: &[PendingWrite]) -> sqlx::Result<()>
+  where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+  {
+    let sql = self.batch_set(run.len());
+    let mut query = sqlx::query(&sql);
+    for write in run {
+      if let WriteOp::Set { sess, expires } = &write.op {
+        query = query.bind(&write.sid).bind(sess).bind(*expires);
+      }
+    }
+    query.execute(executor).await?;
+    Ok(())
   }
 
   /// Returns the upsert of `rows` rows, building it once per row count.

@@ -163,67 +163,86 @@ impl Postgres {
   /// statement over arrays.
   pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
     let fail = |error| self.fail("set", error);
+    let runs = runs(writes);
+    // One statement commits atomically by itself; a transaction would add two round trips.
+    if let [run] = runs.as_slice() {
+      return self
+        .write_run(&self.pool, &writes[run.clone()], now)
+        .await
+        .map_err(fail);
+    }
     let mut tx = self.pool.begin().await.map_err(fail)?;
     let mut counts = Vec::with_capacity(writes.len());
-    for run in runs(writes) {
-      let run = &writes[run];
-      let sids: Vec<&str> = run.iter().map(|write| write.sid.as_str()).collect();
-      match &run[0].op {
-        WriteOp::Set { .. } => {
-          let mut sessions = Vec::with_capacity(run.len());
-          let mut expiries = Vec::with_capacity(run.len());
-          for write in run {
-            if let WriteOp::Set { sess, expires } = &write.op {
-              sessions.push(sess.as_str());
-              expiries.push(*expires);
-            }
-          }
-          sqlx::query(&self.batch.set)
-            .bind(&sids)
-            .bind(&sessions)
-            .bind(&expiries)
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-          counts.extend(std::iter::repeat_n(1, run.len()));
-        }
-        WriteOp::Touch { .. } => {
-          let expiries: Vec<DateTime<Utc>> = run
-            .iter()
-            .filter_map(|write| match write.op {
-              WriteOp::Touch { expires } => Some(expires),
-              _ => None,
-            })
-            .collect();
-          let changed: Vec<String> = sqlx::query_scalar(&self.batch.touch)
-            .bind(&sids)
-            .bind(&expiries)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(fail)?;
-          counts.extend(
-            sids
-              .iter()
-              .map(|sid| u64::from(changed.iter().any(|c| c == sid))),
-          );
-        }
-        WriteOp::Destroy => {
-          let deleted: Vec<String> = sqlx::query_scalar(&self.batch.destroy)
-            .bind(&sids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(fail)?;
-          counts.extend(
-            sids
-              .iter()
-              .map(|sid| u64::from(deleted.iter().any(|d| d == sid))),
-          );
-        }
-      }
+    for run in runs {
+      counts.extend(
+        self
+          .write_run(&mut *tx, &writes[run], now)
+          .await
+          .map_err(fail)?,
+      );
     }
     tx.commit().await.map_err(fail)?;
     Ok(counts)
+  }
+
+  /// Runs one run of same-kind writes with distinct sids as one statement over arrays.
+  async fn write_run<'c, E>(
+    &self,
+    executor: E,
+    run: &[PendingWrite],
+    now: DateTime<Utc>,
+  ) -> sqlx::Result<Vec<u64>>
+  where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+  {
+    let sids: Vec<&str> = run.iter().map(|write| write.sid.as_str()).collect();
+    let changed: Vec<String> = match &run[0].op {
+      WriteOp::Set { .. } => {
+        let mut sessions = Vec::with_capacity(run.len());
+        let mut expiries = Vec::with_capacity(run.len());
+        for write in run {
+          if let WriteOp::Set { sess, expires } = &write.op {
+            sessions.push(sess.as_str());
+            expiries.push(*expires);
+          }
+        }
+        sqlx::query(&self.batch.set)
+          .bind(&sids)
+          .bind(&sessions)
+          .bind(&expiries)
+          .execute(executor)
+          .await?;
+        return Ok(vec![1; run.len()]);
+      }
+      WriteOp::Touch { .. } => {
+        let expiries: Vec<DateTime<Utc>> = run
+          .iter()
+          .filter_map(|write| match write.op {
+            WriteOp::Touch { expires } => Some(expires),
+            _ => None,
+          })
+          .collect();
+        sqlx::query_scalar(&self.batch.touch)
+          .bind(&sids)
+          .bind(&expiries)
+          .bind(now)
+          .fetch_all(executor)
+          .await?
+      }
+      WriteOp::Destroy => {
+        sqlx::query_scalar(&self.batch.destroy)
+          .bind(&sids)
+          .fetch_all(executor)
+          .await?
+      }
+    };
+    // RETURNING lists the sids the statement changed; the others matched no live row.
+    Ok(
+      sids
+        .iter()
+        .map(|sid| u64::from(changed.iter().any(|c| c == sid)))
+        .collect(),
+    )
   }
 
   pub fn pool_stats(&self) -> PoolStats {
