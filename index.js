@@ -1,11 +1,14 @@
 'use strict';
 // @ts-check
 
+const { performance } = require('node:perf_hooks');
 const { Store } = require('express-session');
 const { NativeStore } = require('./lib/binding');
 const { fromNative, codedError, describe } = require('./lib/errors');
 const { expiryOf } = require('./lib/expiry');
 const { normalizeOptions, nativeOptions } = require('./lib/options');
+const { log, shortSid, describeTarget, describeError, ms } = require('./lib/debug');
+const { StoreStats, OP } = require('./lib/stats');
 
 /** Longest sid the `varchar(255)` column holds. */
 const MAX_SID_LENGTH = 255;
@@ -26,6 +29,9 @@ class KnexSessionStore extends Store {
   /** @type {Promise<void> | undefined} */
   #closing;
   #cleanupRunning = false;
+  #stats = new StoreStats();
+  /** Whether the setup (connect, create or check the table) has succeeded, failed or not ended. */
+  #setup = 'pending';
 
   /** @param {Record<string, unknown>} [options] */
   constructor(options = {}) {
@@ -44,6 +50,8 @@ class KnexSessionStore extends Store {
     } catch (error) {
       throw fromNative(error);
     }
+    const setupStarted = performance.now();
+    if (log.enabled) logSetup(normalized);
 
     /** @type {NodeJS.Timeout | undefined} */
     this.nextDbCleanup = undefined;
@@ -53,10 +61,23 @@ class KnexSessionStore extends Store {
      */
     this.ready = this.#native.ready().then(
       () => {
+        this.#setup = 'ready';
+        if (log.enabled) {
+          log('ready in %s: table %s checked or created', ms(performance.now() - setupStarted), settings.tableName);
+        }
         this.emit('connect');
       },
       (/** @type {unknown} */ error) => {
-        throw fromNative(error);
+        const coded = fromNative(error);
+        this.#setup = 'failed';
+        if (log.enabled) {
+          log(
+            'setup failed after %s: %s; the next call retries it',
+            ms(performance.now() - setupStarted),
+            describeError(coded),
+          );
+        }
+        throw coded;
       },
     );
     this.ready.catch(noop);
@@ -77,7 +98,7 @@ class KnexSessionStore extends Store {
    * @param {(err: any, session?: any) => void} [callback]
    */
   get(sid, callback) {
-    return this.#run(callback, async () => {
+    return this.#run(OP.get, sid, callback, async () => {
       checkSid(sid);
       const json = await this.#native.get(sid);
       return json === null ? null : this.#parse(json);
@@ -91,7 +112,7 @@ class KnexSessionStore extends Store {
    * @param {(err?: any) => void} [callback]
    */
   set(sid, session, callback) {
-    return this.#run(callback, async () => {
+    return this.#run(OP.set, sid, callback, async () => {
       checkSid(sid);
       checkSession(session);
       const expires = expiryOf(session, this.#ttl, Date.now());
@@ -108,7 +129,7 @@ class KnexSessionStore extends Store {
    * @param {(err?: any) => void} [callback]
    */
   touch(sid, session, callback) {
-    return this.#run(callback, async () => {
+    return this.#run(OP.touch, sid, callback, async () => {
       checkSid(sid);
       checkSession(session);
       if (this.#disableTouch) return;
@@ -123,7 +144,7 @@ class KnexSessionStore extends Store {
    * @param {(err?: any, deleted?: number) => void} [callback]
    */
   destroy(sid, callback) {
-    return this.#run(callback, async () => {
+    return this.#run(OP.destroy, sid, callback, async () => {
       checkSid(sid);
       return this.#native.destroy(sid);
     });
@@ -134,7 +155,7 @@ class KnexSessionStore extends Store {
    * @param {(err: any, sessions?: any[]) => void} [callback]
    */
   all(callback) {
-    return this.#run(callback, async () => {
+    return this.#run(OP.all, undefined, callback, async () => {
       const rows = await this.#native.all();
       const sessions = [];
       for (const json of rows) {
@@ -150,7 +171,7 @@ class KnexSessionStore extends Store {
    * @param {(err: any, length?: number) => void} [callback]
    */
   length(callback) {
-    return this.#run(callback, () => this.#native.length());
+    return this.#run(OP.length, undefined, callback, () => this.#native.length());
   }
 
   /**
@@ -158,7 +179,7 @@ class KnexSessionStore extends Store {
    * @param {(err?: any, deleted?: number) => void} [callback]
    */
   clear(callback) {
-    return this.#run(callback, () => this.#native.clear());
+    return this.#run(OP.clear, undefined, callback, () => this.#native.clear());
   }
 
   /**
@@ -167,9 +188,21 @@ class KnexSessionStore extends Store {
    */
   close(callback) {
     this.stopDbCleanup();
-    if (!this.#closing) this.#closing = this.#native.close();
+    if (!this.#closing) {
+      if (log.enabled) log('closing the pool');
+      this.#closing = this.#native.close();
+      if (log.enabled) this.#closing.then(() => log('closed'), noop);
+    }
     const closing = this.#closing;
-    return this.#run(callback, () => closing);
+    return this.#run(-1, undefined, callback, () => closing);
+  }
+
+  /**
+   * Returns counts and latencies of the calls since the store was made, the rows the cleanup
+   * removed, and the connections of the pool. Cheap: it copies counters and reads no database.
+   */
+  stats() {
+    return this.#stats.snapshot(this.#native.poolStats());
   }
 
   /** Stops the periodic deletion of expired sessions (connect-session-knex 1.x-4.x). */
@@ -187,19 +220,37 @@ class KnexSessionStore extends Store {
   /**
    * Runs `work` and settles the call: with a callback, calls it exactly once on a later tick
    * and returns a promise that never rejects; without one, returns a promise that rejects on
-   * error.
+   * error. Counts the call in stats() as operation `op` (none when -1).
    * @template T
+   * @param {number} op
+   * @param {string | undefined} sid  for the debug log
    * @param {Function | undefined} callback
    * @param {() => Promise<T> | T} work
    * @returns {Promise<T | undefined>}
    */
-  #run(callback, work) {
+  #run(op, sid, callback, work) {
+    const started = performance.now();
     const promise = (async () => {
+      let value;
       try {
-        return await work();
+        value = await work();
       } catch (error) {
-        throw fromNative(error);
+        const coded = fromNative(error);
+        if (op >= 0) {
+          const took = performance.now() - started;
+          this.#stats.record(op, took, coded);
+          if (log.enabled) logCall(op, sid, took, undefined, coded, this.#setup === 'failed');
+        }
+        throw coded;
       }
+      if (op >= 0) {
+        const took = performance.now() - started;
+        this.#stats.record(op, took);
+        // A touch under disableTouch does not reach the database, so it proves nothing.
+        if (this.#setup === 'failed' && !(op === OP.touch && this.#disableTouch)) this.#setupRecovered(OP_NAMES[op]);
+        if (log.enabled) logCall(op, sid, took, value, undefined);
+      }
+      return value;
     })();
     if (typeof callback !== 'function') return promise;
     return promise.then(
@@ -230,7 +281,14 @@ class KnexSessionStore extends Store {
     }
   }
 
+  /** Notes that a call succeeded after the setup had failed, so its retry of the setup worked. */
+  #setupRecovered(/** @type {string} */ caller) {
+    this.#setup = 'ready';
+    if (log.enabled) log('setup retried by %s and succeeded: the store is ready', caller);
+  }
+
   #report(/** @type {unknown} */ error) {
+    if (log.enabled) log('reporting to onError: %s', describeError(error));
     try {
       this.#onError(error);
     } catch (hookError) {
@@ -247,12 +305,19 @@ class KnexSessionStore extends Store {
   async #cleanup(interval, onCleanupError) {
     if (this.#closing) return;
     this.#cleanupRunning = true;
+    const started = performance.now();
     try {
-      await this.#native.deleteExpired();
+      const rows = await this.#native.deleteExpired();
+      this.#stats.recordCleanup(rows, false);
+      if (this.#setup === 'failed') this.#setupRecovered('the cleanup');
+      if (log.enabled) log('cleanup removed %s in %s', plural(rows, 'expired row'), ms(performance.now() - started));
     } catch (error) {
       if (!this.#closing) {
+        const coded = fromNative(error);
+        this.#stats.recordCleanup(0, true);
+        if (log.enabled) log('cleanup failed after %s: %s', ms(performance.now() - started), describeError(coded));
         try {
-          onCleanupError(fromNative(error));
+          onCleanupError(coded);
         } catch (hookError) {
           process.nextTick(() => {
             throw hookError;
@@ -275,6 +340,61 @@ class KnexSessionStore extends Store {
     const delay = Math.max(1, Math.round(interval * (0.9 + Math.random() * 0.2)));
     this.nextDbCleanup = setTimeout(() => this.#cleanup(interval, onCleanupError), delay).unref();
   }
+}
+
+const OP_NAMES = Object.keys(OP);
+
+function plural(/** @type {number} */ count, /** @type {string} */ noun) {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+/**
+ * Logs the settings of a new store, without the password.
+ * @param {ReturnType<typeof normalizeOptions>} normalized
+ */
+function logSetup({ options, connection, pool }) {
+  const cleanup =
+    options.disableDbCleanup || options.cleanupInterval === 0 ? 'off' : `every ${options.cleanupInterval} ms`;
+  const poolText = Object.keys(pool).length
+    ? Object.entries(pool)
+        .map(([key, value]) => `${key} ${value}`)
+        .join(', ')
+    : 'defaults';
+  log(
+    'set up %s, table %s (sid column %s, createTable %s), cleanup %s, pool %s, queryTimeoutMillis %d',
+    describeTarget(connection),
+    options.tableName,
+    options.sidFieldName,
+    options.createTable,
+    cleanup,
+    poolText,
+    options.queryTimeoutMillis,
+  );
+}
+
+/**
+ * Logs one call: its operation, the start of its sid, its result or error and its duration.
+ * @param {number} op
+ * @param {string | undefined} sid
+ * @param {number} took
+ * @param {unknown} value
+ * @param {unknown} error
+ * @param {boolean} [setupFailed]  whether the call retried a setup that had failed
+ */
+function logCall(op, sid, took, value, error, setupFailed = false) {
+  const name = OP_NAMES[op];
+  const subject = op <= OP.destroy ? `${name} ${shortSid(sid)}` : name;
+  if (error !== undefined) {
+    log('%s failed in %s%s: %s', subject, ms(took), setupFailed ? ' (retrying the setup)' : '', describeError(error));
+    return;
+  }
+  let result;
+  if (op === OP.get) result = value === null ? 'no session' : 'found';
+  else if (op === OP.destroy || op === OP.clear) result = `${plural(Number(value), 'row')} deleted`;
+  else if (op === OP.all) result = plural(/** @type {unknown[]} */ (value).length, 'session');
+  else if (op === OP.length) result = plural(Number(value), 'live session');
+  else result = 'ok';
+  log('%s: %s in %s', subject, result, ms(took));
 }
 
 function defaultErrorHook(/** @type {unknown} */ error) {
@@ -350,6 +470,9 @@ function connectSessionKnex(_session) {
 }
 
 module.exports = connectSessionKnex;
+// Marks the exports as an ES module's, so that TypeScript's and bundlers' default import
+// (`import KnexSessionStore from 'connect-session-knex'`) is the class, as in index.mjs.
+Object.defineProperty(module.exports, '__esModule', { value: true });
 module.exports.KnexSessionStore = KnexSessionStore;
 module.exports.ConnectSessionKnexStore = KnexSessionStore;
 module.exports.default = KnexSessionStore;

@@ -1,43 +1,26 @@
 'use strict';
 
-// Loads the compiled addon: the file `npm install` builds from source (scripts/build.js), or a
-// per-platform prebuilt file or package named as napi-rs lays them out.
+// Loads the compiled addon. It takes the first that exists of `connect-session-knex.node`, which
+// `npm install` builds from source (scripts/build.js), a prebuilt
+// `connect-session-knex.<platform>.node` beside the package, and a prebuilt package
+// `connect-session-knex-<platform>`. Platform names follow napi-rs, such as linux-x64-gnu,
+// linux-arm64-musl, darwin-arm64 or win32-x64-msvc.
 const path = require('node:path');
 const fs = require('node:fs');
-
-const root = path.join(__dirname, '..');
-
-function platformSuffix() {
-  const { platform, arch } = process;
-  if (platform === 'linux') {
-    const report = process.report && process.report.getReport();
-    const glibc = report && report.header && report.header.glibcVersionRuntime;
-    return `linux-${arch}-${glibc ? 'gnu' : 'musl'}`;
-  }
-  if (platform === 'win32') return `win32-${arch}-msvc`;
-  return `${platform}-${arch}`;
-}
+const { BINARY_NAME, platformNames, findPrebuilt, root } = require('./platform');
+const { codedError } = require('./errors');
 
 function load() {
-  const suffix = platformSuffix();
-  const candidates = [
-    path.join(root, 'connect-session-knex.node'),
-    path.join(root, `connect-session-knex.${suffix}.node`),
-  ];
-  for (const file of candidates) {
-    if (fs.existsSync(file)) return require(file);
-  }
-  try {
-    return require(`connect-session-knex-${suffix}`);
-  } catch (error) {
-    if (error.code !== 'MODULE_NOT_FOUND') throw error;
-  }
-  const error = new Error(
-    `connect-session-knex: the native addon is not built for ${suffix}. ` +
+  const built = path.join(root, `${BINARY_NAME}.node`);
+  if (fs.existsSync(built)) return require(built);
+  const prebuilt = findPrebuilt();
+  if (prebuilt) return require(prebuilt.path);
+  const names = platformNames().join(' or ');
+  throw codedError(
+    'ERR_ADDON_MISSING',
+    `connect-session-knex: the native addon is not built for ${names}. ` +
       `Run "npm rebuild connect-session-knex" with Rust (cargo) installed, or "npm run build" in its folder.`,
   );
-  error.code = 'ERR_ADDON_MISSING';
-  throw error;
 }
 
 module.exports = load();

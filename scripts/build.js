@@ -10,20 +10,31 @@ const root = path.join(__dirname, '..');
 const output = path.join(root, 'connect-session-knex.node');
 const debug = process.argv.includes('--debug');
 
-if (process.argv.includes('--if-missing') && fs.existsSync(output)) {
-  process.exit(0);
+if (process.argv.includes('--if-missing')) {
+  // A build from an earlier install, or a prebuilt file or package for this platform.
+  if (fs.existsSync(output)) process.exit(0);
+  const { findPrebuilt } = require('../lib/platform');
+  if (findPrebuilt()) process.exit(0);
 }
 
 const cargo = process.env.CARGO || 'cargo';
+const probe = spawnSync(cargo, ['--version'], { cwd: root, stdio: 'ignore' });
+if (probe.error) {
+  const { platformNames } = require('../lib/platform');
+  console.error(
+    `connect-session-knex: no prebuilt addon for ${platformNames()[0]}, and cargo (${cargo}) ` +
+      `cannot be run (${probe.error.code}) to build one. Install Rust from https://rustup.rs, ` +
+      'then run "npm rebuild connect-session-knex".',
+  );
+  process.exit(1);
+}
+
 const args = ['build', '--lib', '--locked'];
 if (!debug) args.push('--release');
-console.error(`connect-session-knex: building the native addon (${cargo} ${args.join(' ')})`);
+console.error(`connect-session-knex: building the native addon (${cargo} ${args.join(' ')}); this takes a few minutes`);
 const result = spawnSync(cargo, args, { cwd: root, stdio: 'inherit' });
-if (result.error && result.error.code === 'ENOENT') {
-  console.error(
-    'connect-session-knex: cargo was not found. Install Rust (https://rustup.rs) and run ' +
-      '"npm rebuild connect-session-knex", or use a platform with a prebuilt binary.',
-  );
+if (result.error) {
+  console.error(`connect-session-knex: cargo (${cargo}) failed to start: ${result.error.message}`);
   process.exit(1);
 }
 if (result.status !== 0) process.exit(result.status || 1);
