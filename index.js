@@ -285,6 +285,7 @@ class KnexSessionStore extends Store {
   #setupRecovered(/** @type {string} */ caller) {
     this.#setup = 'ready';
     if (log.enabled) log('setup retried by %s and succeeded: the store is ready', caller);
+    this.emit('connect');
   }
 
   #report(/** @type {unknown} */ error) {

@@ -284,6 +284,10 @@ for (const backend of backends) {
             cleanupInterval: 200,
             onDbCleanupError: () => {},
           });
+          let connects = 0;
+          store.on('connect', () => {
+            connects += 1;
+          });
           let proxy;
           const raw = await backend.raw(target.href);
           try {
@@ -307,6 +311,8 @@ for (const backend of backends) {
             assert.equal(stored, true, `set still failed after 10 s: ${lastError}`);
             assert.deepEqual(await store.get('s'), { cookie: { maxAge: 60000 }, n: 1 });
             assert.equal(watch.rejections.length, 0);
+            // express-session treats 'connect' as the store being usable again.
+            assert.equal(connects, 1);
           } finally {
             watch.stop();
             await store.close();
