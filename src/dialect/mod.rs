@@ -102,6 +102,51 @@ fn runs(writes: &[PendingWrite]) -> Vec<std::ops::Range<usize>> {
   runs
 }
 
+/// When the backend last lost a connection, so pooled connections are checked only when one
+/// may be dead. Pinging before every acquire (sqlx's default) costs a round trip per call.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+/// Idle time after which a pooled connection is pinged before use: a server restart or an idle
+/// timeout kills connections that sat unused, not ones in steady use.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long after a lost connection every pooled connection is pinged before use.
+const SUSPECT_FOR_MS: i64 = 5_000;
+
+impl Liveness {
+  /// Records a lost connection, if `error` is one.
+  pub fn note(&self, error: &crate::error::StoreError) {
+    if error.is_connection_lost() {
+      let now = Utc::now().timestamp_millis();
+      self.0.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+  }
+
+  /// Tells whether a connection idle for `idle` should be pinged before use.
+  fn should_ping(&self, idle: std::time::Duration) -> bool {
+    let lost = self.0.load(std::sync::atomic::Ordering::Relaxed);
+    idle >= PING_AFTER_IDLE || Utc::now().timestamp_millis() - lost < SUSPECT_FOR_MS
+  }
+
+  /// Builds the pool options that ping a connection before use only when `should_ping`.
+  pub fn pool_options<DB: sqlx::Database>(&self) -> sqlx::pool::PoolOptions<DB> {
+    let liveness = self.clone();
+    sqlx::pool::PoolOptions::<DB>::new()
+      .test_before_acquire(false)
+      .before_acquire(move |conn, meta| {
+        let ping = liveness.should_ping(meta.idle_for);
+        Box::pin(async move {
+          if !ping {
+            return Ok(true);
+          }
+          // A failed ping makes the pool close this connection and try another.
+          Ok(sqlx::Connection::ping(conn).await.is_ok())
+        })
+      })
+  }
+}
+
 /// Connections of a backend's pools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PoolStats {

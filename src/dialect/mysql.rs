@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySqlConnection, Row};
 
 use super::{
-  check_columns, runs, PendingWrite, PoolStats, Settings, Statements, WriteOp, CLEANUP_BATCH,
+  check_columns, runs, Liveness, PendingWrite, PoolStats, Settings, Statements, WriteOp,
+  CLEANUP_BATCH,
 };
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
@@ -29,6 +30,7 @@ const COLUMN_NULL: u16 = 1048;
 pub struct Mysql {
   pool: MySqlPool,
   sql: Statements,
+  liveness: Liveness,
   /// Multi-row upserts by row count, built on first use.
   batch_sets: Mutex<HashMap<usize, Arc<str>>>,
   /// The upsert's `ON DUPLICATE KEY UPDATE` clause, shared by single and multi-row forms.
@@ -77,7 +79,9 @@ impl Mysql {
       .map_err(|error| fail("reading the table layout", error))?;
     conn.close().await.map_err(|error| fail("setup", error))?;
 
-    let pool = MySqlPoolOptions::new()
+    let liveness = Liveness::default();
+    let pool = liveness
+      .pool_options()
       .max_connections(pool.max.unwrap_or(10).max(1))
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
@@ -94,6 +98,7 @@ impl Mysql {
       .connect_lazy_with(options.clone());
     Ok(Self {
       pool,
+      liveness,
       sql: statements(&names, exact),
       batch_sets: Mutex::new(HashMap::new()),
       on_duplicate: on_duplicate(&names, exact),
@@ -297,7 +302,9 @@ impl Mysql {
   }
 
   fn fail(&self, operation: &'static str, error: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(operation, &self.label, error)
+    let error = StoreError::from_sqlx(operation, &self.label, error);
+    self.liveness.note(&error);
+    error
   }
 }
 

@@ -4,12 +4,12 @@
 #![forbid(unsafe_code)]
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::{
-  check_columns, column_type, runs, PendingWrite, PoolStats, Settings, Statements, WriteOp,
-  CLEANUP_BATCH,
+  check_columns, column_type, runs, Liveness, PendingWrite, PoolStats, Settings, Statements,
+  WriteOp, CLEANUP_BATCH,
 };
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
@@ -17,6 +17,7 @@ use crate::schema::{Quote, TableNames};
 pub struct Postgres {
   pool: PgPool,
   sql: Statements,
+  liveness: Liveness,
   batch: BatchStatements,
   label: String,
 }
@@ -71,7 +72,9 @@ impl Postgres {
     let batch = batch_statements(&names, &sess_type, zone.as_deref());
     conn.close().await.map_err(|error| fail("setup", error))?;
 
-    let pool = PgPoolOptions::new()
+    let liveness = Liveness::default();
+    let pool = liveness
+      .pool_options()
       .max_connections(pool.max.unwrap_or(10).max(1))
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
@@ -79,6 +82,7 @@ impl Postgres {
       .connect_lazy_with(options.clone());
     Ok(Self {
       pool,
+      liveness,
       sql,
       batch,
       label: label.to_owned(),
@@ -254,7 +258,9 @@ impl Postgres {
   }
 
   fn fail(&self, operation: &'static str, error: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(operation, &self.label, error)
+    let error = StoreError::from_sqlx(operation, &self.label, error);
+    self.liveness.note(&error);
+    error
   }
 }
 

@@ -56,7 +56,9 @@ impl Sqlite {
     };
     let pool = settings.pool;
     let acquire = pool.acquire();
+    // A connection to a file does not die on its own, so sqlx's ping before each use is skipped.
     let writer_options = SqlitePoolOptions::new()
+      .test_before_acquire(false)
       .max_connections(1)
       .acquire_timeout(acquire);
 
@@ -94,6 +96,7 @@ impl Sqlite {
         .idle_timeout(pool.idle())
         .connect_lazy_with(options.clone());
       let reader = SqlitePoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(pool.max.unwrap_or(DEFAULT_READERS).max(1))
         .min_connections(pool.min.unwrap_or(0))
         .acquire_timeout(acquire)
