@@ -29,6 +29,8 @@ class KnexSessionStore extends Store {
   /** @type {Promise<void> | undefined} */
   #closing;
   #cleanupRunning = false;
+  /** @type {Map<string, Promise<unknown>>} the last write of each sid that has one in flight */
+  #writing = new Map();
   #stats = new StoreStats();
   /** Whether the setup (connect, create or check the table) has succeeded, failed or not ended. */
   #setup = 'pending';
@@ -101,7 +103,7 @@ class KnexSessionStore extends Store {
     return this.#run(OP.get, sid, callback, async () => {
       checkSid(sid);
       const json = await this.#native.get(sid);
-      return json === null ? null : this.#parse(json);
+      return json === null ? null : this.#parse(json, sid);
     });
   }
 
@@ -118,7 +120,7 @@ class KnexSessionStore extends Store {
       const expires = expiryOf(session, this.#ttl, Date.now());
       const json = serialize(session);
       checkSize(json, this.#maxSessionBytes);
-      await this.#native.set(sid, json, expires);
+      await this.#inOrder(sid, () => this.#native.set(sid, json, expires));
     });
   }
 
@@ -134,7 +136,7 @@ class KnexSessionStore extends Store {
       checkSession(session);
       if (this.#disableTouch) return;
       const expires = expiryOf(session, this.#ttl, Date.now());
-      await this.#native.touch(sid, expires);
+      await this.#inOrder(sid, () => this.#native.touch(sid, expires));
     });
   }
 
@@ -146,7 +148,7 @@ class KnexSessionStore extends Store {
   destroy(sid, callback) {
     return this.#run(OP.destroy, sid, callback, async () => {
       checkSid(sid);
-      return this.#native.destroy(sid);
+      return this.#inOrder(sid, () => this.#native.destroy(sid));
     });
   }
 
@@ -265,26 +267,61 @@ class KnexSessionStore extends Store {
     );
   }
 
-  /** Parses a stored session; a row that is not JSON is reported and read as no session. */
-  #parse(/** @type {string} */ json) {
+  /**
+   * Starts `write` once the previous write of `sid`, if any, has settled. Each native call
+   * runs as its own task, so two writes of one sid started together could otherwise reach the
+   * database in either order, and a logout could lose to the save before it.
+   * @template T
+   * @param {string} sid
+   * @param {() => Promise<T>} write
+   * @returns {Promise<T>}
+   */
+  #inOrder(sid, write) {
+    const previous = this.#writing.get(sid);
+    const result = previous === undefined ? write() : previous.then(write, write);
+    const settled = result.then(noop, noop);
+    this.#writing.set(sid, settled);
+    settled.then(() => {
+      if (this.#writing.get(sid) === settled) this.#writing.delete(sid);
+    });
+    return result;
+  }
+
+  /**
+   * Parses a stored session. A row that is not a JSON object is reported through `onError`
+   * and read as no session.
+   * @param {string} json
+   * @param {string} [sid] the sid of the row, when the caller knows it
+   */
+  #parse(json, sid) {
+    let session;
+    let cause;
     try {
-      return JSON.parse(json);
-    } catch (cause) {
-      const error = codedError(
-        'ERR_CORRUPT_SESSION',
-        'a stored session is not valid JSON and was treated as missing: delete the row or fix its sess column',
-        Error,
-        cause,
-      );
-      this.#report(error);
-      return null;
+      session = JSON.parse(json);
+    } catch (error) {
+      cause = error;
     }
+    if (cause === undefined && session !== null && typeof session === 'object' && !Array.isArray(session)) {
+      return session;
+    }
+    const row = sid === undefined ? 'a stored session' : `stored session ${shortSid(sid)}`;
+    const problem = cause === undefined ? 'is JSON but not an object' : 'is not valid JSON';
+    const error = codedError(
+      'ERR_CORRUPT_SESSION',
+      `${row} in table "${this.options.tableName}" ${problem} and was treated as missing: delete the row or fix its sess column`,
+      Error,
+      cause,
+    );
+    this.#report(error);
+    return null;
   }
 
   /** Notes that a call succeeded after the setup had failed, so its retry of the setup worked. */
   #setupRecovered(/** @type {string} */ caller) {
     this.#setup = 'ready';
     if (log.enabled) log('setup retried by %s and succeeded: the store is ready', caller);
+    // Whoever awaits `ready` from now on, such as a health check, learns that the store works.
+    this.ready = Promise.resolve();
     this.emit('connect');
   }
 

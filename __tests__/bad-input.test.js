@@ -153,12 +153,16 @@ for (const backend of backends) {
             '{"cookie":',
             future,
           ]);
+          await local.raw.query(`INSERT INTO ${table} (sid, sess, expired) VALUES (?, ?, ?)`, ['number', '42', future]);
           await local.store.set('fine', live);
           assert.equal(await local.store.get('broken'), null);
           assert.equal(reported.length, 1);
           assert.equal(reported[0].code, 'ERR_CORRUPT_SESSION');
+          assert.match(reported[0].message, /stored session broken in table "/);
+          assert.equal(await local.store.get('number'), null);
+          assert.match(reported[1].message, /is JSON but not an object/);
           assert.deepEqual(await local.store.all(), [live]);
-          assert.equal(reported.length, 2);
+          assert.equal(reported.length, 4);
         } finally {
           await local.cleanup();
           if (backend.name === 'postgres') await ctx.raw.query(`DROP TABLE IF EXISTS "${local.tableName}"`);

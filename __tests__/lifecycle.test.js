@@ -313,6 +313,7 @@ for (const backend of backends) {
             assert.equal(watch.rejections.length, 0);
             // express-session treats 'connect' as the store being usable again.
             assert.equal(connects, 1);
+            await assert.doesNotReject(store.ready, 'ready resolves once a retried setup succeeded');
           } finally {
             watch.stop();
             await store.close();

@@ -48,6 +48,39 @@ for (const backend of backends) {
       });
     });
 
+    describe('expiry range', () => {
+      it('stores expiries after 2038', async () => {
+        const ctx = await openStore(backend);
+        try {
+          const far = { cookie: { expires: new Date('2040-06-01T00:00:00.000Z') }, n: 1 };
+          await ctx.store.set('far', far);
+          assert.deepEqual(await ctx.store.get('far'), JSON.parse(JSON.stringify(far)));
+          const fifteenYears = { cookie: { maxAge: 15 * 365 * 86400000 }, n: 2 };
+          await ctx.store.set('long', fifteenYears);
+          await ctx.store.touch('long', fifteenYears);
+          assert.equal((await ctx.store.get('long')).n, 2);
+        } finally {
+          await ctx.cleanup();
+        }
+      });
+
+      it('rejects expiries before year 1000', async () => {
+        const ctx = await openStore(backend);
+        try {
+          const ancient = { cookie: { expires: new Date('0999-12-31T00:00:00.000Z') } };
+          await assert.rejects(ctx.store.set('ancient', ancient), (error) => {
+            assert.ok(error instanceof RangeError);
+            assert.equal(error.code, 'ERR_INVALID_ARGUMENT');
+            assert.match(error.message, /session\.cookie\.expires/);
+            return true;
+          });
+          await assert.rejects(ctx.store.set('huge', { cookie: { maxAge: 1e300 } }), /session\.cookie\.maxAge/);
+        } finally {
+          await ctx.cleanup();
+        }
+      });
+    });
+
     describe(
       'queryTimeoutMillis',
       { skip: backend.name === 'sqlite' && 'a lock from this process is not seen by the store' },

@@ -437,3 +437,27 @@ for (const backend of backends) {
     });
   });
 }
+
+for (const backend of backends) {
+  describe(`${backend.name} table of another layout`, { skip: backend.skip }, () => {
+    it('is unusable even with createTable', async () => {
+      const url = backend.url();
+      const raw = await backend.raw(url);
+      const tableName = uniqueTable('other');
+      const table = quote(backend, tableName);
+      await raw.query(`CREATE TABLE ${table} (sid varchar(255) PRIMARY KEY, data text, expires varchar(40))`);
+      const store = new KnexSessionStore({ knex: url, tableName, cleanupInterval: 0 });
+      try {
+        await assert.rejects(store.ready, (error) => {
+          assert.equal(error.code, 'ERR_TABLE_UNUSABLE');
+          assert.match(error.message, /column "sess" is missing \(found sid, data, expires\)/);
+          return true;
+        });
+      } finally {
+        await store.close();
+        await raw.query(`DROP TABLE IF EXISTS ${table}`);
+        await raw.close();
+      }
+    });
+  });
+}

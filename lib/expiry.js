@@ -2,6 +2,24 @@
 
 const { codedError } = require('./errors');
 
+/** 1000-01-01 and 9999-12-31T23:59:59.999Z: the range of MySQL's DATETIME, which every dialect holds. */
+const EARLIEST = Date.UTC(1000, 0, 1);
+const LATEST = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+
+/**
+ * Returns `time`, or throws naming `source` when no database column could hold it.
+ * @param {number} time
+ * @param {string} source
+ */
+function inRange(time, source) {
+  if (time >= EARLIEST && time <= LATEST) return time;
+  throw codedError(
+    'ERR_INVALID_ARGUMENT',
+    `${source} gives an expiry outside the years 1000 to 9999 (${new Date(time).getUTCFullYear() || 'not a date'}): use a nearer date or a smaller number of milliseconds`,
+    RangeError,
+  );
+}
+
 /**
  * Returns when a session expires, in epoch milliseconds: `cookie.expires` when set, else now
  * plus `cookie.maxAge`, else now plus `ttl`. `set` and `touch` both use this rule.
@@ -16,7 +34,7 @@ const { codedError } = require('./errors');
  */
 function expiryOf(session, ttl, now) {
   const cookie = session.cookie;
-  if (cookie === undefined || cookie === null) return now + ttl;
+  if (cookie === undefined || cookie === null) return inRange(now + ttl, 'ttl');
   if (typeof cookie !== 'object') {
     throw codedError('ERR_INVALID_ARGUMENT', `session.cookie must be an object, got ${typeof cookie}`, TypeError);
   }
@@ -31,7 +49,7 @@ function expiryOf(session, ttl, now) {
         TypeError,
       );
     }
-    return time;
+    return inRange(time, 'session.cookie.expires');
   }
 
   const maxAge = cookie.maxAge;
@@ -43,9 +61,9 @@ function expiryOf(session, ttl, now) {
         TypeError,
       );
     }
-    return now + maxAge;
+    return inRange(now + maxAge, 'session.cookie.maxAge');
   }
-  return now + ttl;
+  return inRange(now + ttl, 'ttl');
 }
 
 module.exports = { expiryOf };

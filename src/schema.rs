@@ -51,6 +51,13 @@ impl TableNames {
       value: sid_field_name.to_owned(),
       extra: "",
     })?;
+    if ["sess", "expired"].contains(&sid_field_name.to_ascii_lowercase().as_str()) {
+      return Err(StoreError::InvalidIdentifier {
+        option: "sidFieldName",
+        value: sid_field_name.to_owned(),
+        extra: ", and not sess or expired, which name the other columns",
+      });
+    }
     Ok(Self {
       schema: schema.map(str::to_owned),
       table: table.to_owned(),
@@ -153,6 +160,14 @@ mod tests {
       error.to_string().starts_with("invalid sidFieldName"),
       "{error}"
     );
+  }
+
+  #[test]
+  fn rejects_sid_column_named_like_the_others() {
+    for name in ["sess", "EXPIRED"] {
+      let error = TableNames::new("sessions", name, false).expect_err(name);
+      assert!(error.to_string().contains("not sess or expired"), "{error}");
+    }
   }
 
   #[test]

@@ -193,13 +193,15 @@ impl Store {
 
 /// Converts epoch milliseconds from JS into an instant SQL columns can hold.
 fn instant(name: &'static str, millis: f64) -> Result<DateTime<Utc>> {
-  // Years 0000 to 9999: every dialect's timestamp type holds them.
-  const MIN: f64 = -62_167_219_200_000.0;
+  // Years 1000 to 9999: MySQL's DATETIME range, which the other dialects' types contain.
+  const MIN: f64 = -30_610_224_000_000.0;
   const MAX: f64 = 253_402_300_799_999.0;
   if !millis.is_finite() || !(MIN..=MAX).contains(&millis) {
     return Err(StoreError::InvalidArgument {
       name,
-      reason: format!("{millis} is not a time between the years 0 and 9999 in epoch milliseconds"),
+      reason: format!(
+        "{millis} is not a time between the years 1000 and 9999 in epoch milliseconds"
+      ),
     });
   }
   // The range check above makes the conversion exact apart from dropping fractions of a ms.

@@ -1,5 +1,7 @@
 //! MySQL and MariaDB: `sess` is `JSON` (a checked `LONGTEXT` on MariaDB) and `expired` is
-//! `DATETIME(3)` holding UTC. sqlx runs `SET time_zone='+00:00'` on every connection.
+//! `DATETIME(3)` holding UTC. sqlx runs `SET time_zone='+00:00'` on every connection. Instants
+//! are bound as naive UTC DATETIME values: sqlx sends a `DateTime<Utc>` as a TIMESTAMP, which
+//! MariaDB turns into NULL outside 1970-2038.
 //!
 //! Sids are compared byte for byte: new tables use a binary no-pad collation, and every lookup
 //! adds a `CAST(... AS BINARY)` test, because tables made by older stores often use a
@@ -37,6 +39,8 @@ pub struct Mysql {
   on_duplicate: String,
   table: String,
   sid: String,
+  /// True when the upsert carries the sid-collision guard of `on_duplicate`.
+  sid_guarded: bool,
   label: String,
 }
 
@@ -104,6 +108,7 @@ impl Mysql {
       on_duplicate: on_duplicate(&names, exact),
       table: names.quoted_table(Quote::Backtick),
       sid: names.quoted_sid(Quote::Backtick),
+      sid_guarded: !exact,
       label: label.to_owned(),
     })
   }
@@ -112,7 +117,7 @@ impl Mysql {
     let row = sqlx::query(&self.sql.get)
       .bind(sid)
       .bind(sid)
-      .bind(now)
+      .bind(now.naive_utc())
       .fetch_optional(&self.pool)
       .await
       .map_err(|error| self.fail("get", error))?;
@@ -125,7 +130,7 @@ impl Mysql {
       let result = sqlx::query(&self.sql.set)
         .bind(sid)
         .bind(sess)
-        .bind(expires)
+        .bind(expires.naive_utc())
         .execute(&self.pool)
         .await;
       match result {
@@ -133,7 +138,7 @@ impl Mysql {
         // The upsert is idempotent, so one rerun after a deadlock between first writes of
         // the same sid is safe.
         Err(error) if !retried && is_retryable(&error) => retried = true,
-        Err(error) if error_number(&error) == Some(COLUMN_NULL) => {
+        Err(error) if self.sid_guarded && error_number(&error) == Some(COLUMN_NULL) => {
           return Err(StoreError::SidConflict {
             sid: crate::store::short_sid(sid),
           })
@@ -145,10 +150,10 @@ impl Mysql {
 
   pub async fn touch(&self, sid: &str, expires: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64> {
     let done = sqlx::query(&self.sql.touch)
-      .bind(expires)
+      .bind(expires.naive_utc())
       .bind(sid)
       .bind(sid)
-      .bind(now)
+      .bind(now.naive_utc())
       .execute(&self.pool)
       .await
       .map_err(|error| self.fail("touch", error))?;
@@ -175,7 +180,7 @@ impl Mysql {
 
   pub async fn length(&self, now: DateTime<Utc>) -> Result<u64> {
     let count: i64 = sqlx::query_scalar(&self.sql.length)
-      .bind(now)
+      .bind(now.naive_utc())
       .fetch_one(&self.pool)
       .await
       .map_err(|error| self.fail("length", error))?;
@@ -184,7 +189,7 @@ impl Mysql {
 
   pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
     let rows = sqlx::query(&self.sql.all)
-      .bind(now)
+      .bind(now.naive_utc())
       .fetch_all(&self.pool)
       .await
       .map_err(|error| self.fail("all", error))?;
@@ -193,7 +198,7 @@ impl Mysql {
 
   pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
     let done = sqlx::query(&self.sql.delete_expired)
-      .bind(now)
+      .bind(now.naive_utc())
       .execute(&self.pool)
       .await
       .map_err(|error| self.fail("cleanup", error))?;
@@ -228,12 +233,12 @@ impl Mysql {
           WriteOp::Set { sess, expires } => sqlx::query(&self.sql.set)
             .bind(&write.sid)
             .bind(sess)
-            .bind(*expires),
+            .bind(expires.naive_utc()),
           WriteOp::Touch { expires } => sqlx::query(&self.sql.touch)
-            .bind(*expires)
+            .bind(expires.naive_utc())
             .bind(&write.sid)
             .bind(&write.sid)
-            .bind(now),
+            .bind(now.naive_utc()),
           WriteOp::Destroy => sqlx::query(&self.sql.destroy)
             .bind(&write.sid)
             .bind(&write.sid),
@@ -257,7 +262,7 @@ impl Mysql {
     let mut query = sqlx::query(&sql);
     for write in run {
       if let WriteOp::Set { sess, expires } = &write.op {
-        query = query.bind(&write.sid).bind(sess).bind(*expires);
+        query = query.bind(&write.sid).bind(sess).bind(expires.naive_utc());
       }
     }
     query.execute(executor).await?;

@@ -42,7 +42,7 @@ impl Postgres {
     };
 
     if settings.create_table {
-      create_table(&mut conn, &names)
+      create_table(&mut conn, &names, false)
         .await
         .map_err(|error| fail("creating the table", error))?;
     }
@@ -56,6 +56,11 @@ impl Postgres {
       });
     }
     check_columns(&names, &columns)?;
+    if settings.create_table {
+      create_table(&mut conn, &names, true)
+        .await
+        .map_err(|error| fail("creating the expiry index", error))?;
+    }
     let expired_type = column_type(&columns, "expired");
     let zone =
       if expired_type.starts_with("timestamp") && expired_type.ends_with("without time zone") {
@@ -264,27 +269,32 @@ impl Postgres {
   }
 }
 
-async fn create_table(conn: &mut PgConnection, names: &TableNames) -> sqlx::Result<()> {
+/// Creates the table, or with `index_only` its expiry index, when missing. The index comes
+/// after the column check, so a table without `expired` gets ERR_TABLE_UNUSABLE.
+async fn create_table(
+  conn: &mut PgConnection,
+  names: &TableNames,
+  index_only: bool,
+) -> sqlx::Result<()> {
   let table = names.quoted_table(Quote::Double);
   let sid = names.quoted_sid(Quote::Double);
   let index = names.quoted_index(Quote::Double);
-  let ddl = [
+  let ddl = if index_only {
+    format!("CREATE INDEX IF NOT EXISTS {index} ON {table} (\"expired\")")
+  } else {
     format!(
       "CREATE TABLE IF NOT EXISTS {table} ({sid} varchar(255) NOT NULL PRIMARY KEY, \
        \"sess\" json NOT NULL, \"expired\" timestamptz NOT NULL)"
-    ),
-    format!("CREATE INDEX IF NOT EXISTS {index} ON {table} (\"expired\")"),
-  ];
-  for statement in ddl {
-    if let Err(error) = sqlx::query(&statement).execute(&mut *conn).await {
-      // Two processes creating the table at once: the loser gets a unique violation on the
-      // catalog, and the table is there all the same.
-      let raced = error
-        .as_database_error()
-        .is_some_and(|db| db.is_unique_violation());
-      if !raced {
-        return Err(error);
-      }
+    )
+  };
+  if let Err(error) = sqlx::query(&ddl).execute(&mut *conn).await {
+    // Two processes creating the table at once: the loser gets a unique violation on the
+    // catalog, and the table is there all the same.
+    let raced = error
+      .as_database_error()
+      .is_some_and(|db| db.is_unique_violation());
+    if !raced {
+      return Err(error);
     }
   }
   Ok(())

@@ -2,6 +2,8 @@
 //!
 //! Comparisons go through `unixepoch(expired, 'subsec')`, so rows in the older
 //! `YYYY-MM-DD HH:MM:SS` form compare by the instant they name, not by their spelling.
+//! `sess` is read as text whatever its storage class: a `json` column has numeric affinity, so
+//! a row whose sess is a bare number is stored as INTEGER, and the checked decoder would fail.
 //! Writes go through a pool of one connection and reads through a pool of several, because
 //! SQLite allows one writer at a time and WAL mode lets readers run beside it.
 
@@ -125,7 +127,7 @@ impl Sqlite {
     row
       .map(|row| {
         row
-          .try_get::<String, _>(0)
+          .try_get_unchecked::<String, _>(0)
           .map_err(|error| self.fail("get", error))
       })
       .transpose()
@@ -180,11 +182,19 @@ impl Sqlite {
   }
 
   pub async fn all(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
-    sqlx::query_scalar(&self.sql.all)
+    let rows = sqlx::query(&self.sql.all)
       .bind(seconds(now))
       .fetch_all(&self.reader)
       .await
-      .map_err(|error| self.fail("all", error))
+      .map_err(|error| self.fail("all", error))?;
+    rows
+      .iter()
+      .map(|row| {
+        row
+          .try_get_unchecked::<String, _>(0)
+          .map_err(|error| self.fail("all", error))
+      })
+      .collect()
   }
 
   pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
