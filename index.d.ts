@@ -49,7 +49,7 @@ declare namespace connectSessionKnex {
     | 'ERR_STORE_CLOSED'
     /** A stored row is not valid JSON. `get` returns `null` and `onError` receives this error. */
     | 'ERR_CORRUPT_SESSION'
-    /** Any other error of the database, as its `cause`. */
+    /** Any other error of the database; the message ends with the driver's own message. */
     | 'ERR_DATABASE'
     /** The native addon was not built for this platform (thrown by `require`). */
     | 'ERR_ADDON_MISSING';
@@ -57,7 +57,7 @@ declare namespace connectSessionKnex {
   /** An error raised by the store. Its `message` names the value and the fix. */
   export interface KnexSessionStoreError extends Error {
     code: KnexSessionStoreErrorCode;
-    /** The driver's error, for `ERR_DATABASE` and some others. */
+    /** The error behind this one where JS raised it: the TypeError of `JSON.stringify` or the SyntaxError of `JSON.parse`. */
     cause?: unknown;
   }
 

@@ -49,4 +49,11 @@ const built = path.join(targetDir, debug ? 'debug' : 'release', library);
 // Copy through a temporary name so a running process never loads a half-written file.
 fs.copyFileSync(built, `${output}.tmp`);
 fs.renameSync(`${output}.tmp`, output);
+
+// Installed as a dependency, the package keeps only the addon: cargo's build folder is a few
+// hundred MB that nothing reads again. A checkout, or a shared CARGO_TARGET_DIR, keeps it.
+const isDependency = root.split(path.sep).includes('node_modules');
+if (isDependency && !process.env.CARGO_TARGET_DIR) {
+  fs.rmSync(targetDir, { recursive: true, force: true });
+}
 console.error(`connect-session-knex: wrote ${path.relative(process.cwd(), output) || output}`);

@@ -84,8 +84,9 @@ pub enum StoreError {
 
   /// No pooled connection became free within the acquire timeout.
   #[error(
-    "timed out waiting for a connection to {target}: the pool is exhausted or the server does \
-     not answer; raise pool.max or pool.acquireTimeoutMillis"
+    "timed out waiting for a connection to {target}: every pooled connection is busy, or the \
+     server refuses or does not answer new connections; check the server first, then \
+     pool.max and pool.acquireTimeoutMillis"
   )]
   PoolTimeout { target: String },
 
