@@ -443,6 +443,45 @@ async function checkStartWhileDown(t, server) {
 }
 
 /**
+ * Stops the server after the store is ready and calls every method in callback form, ignoring
+ * the returned promises, as express-session does: each callback is called exactly once with a
+ * coded error, and nothing reaches the process as an unhandled rejection.
+ */
+async function checkCallbacksWhileDown(t, server) {
+  const watch = watchProcess(t);
+  const store = openStore(t, server.url, uniqueTable(), {
+    pool: { acquireTimeoutMillis: 1000 },
+    queryTimeoutMillis: 3000,
+  });
+  await store.set('a', session(1));
+  await server.stop();
+  t.after(() => server.start());
+
+  const calls = {
+    get: (cb) => store.get('a', cb),
+    set: (cb) => store.set('b', session(2), cb),
+    touch: (cb) => store.touch('a', session(1), cb),
+    destroy: (cb) => store.destroy('a', cb),
+    length: (cb) => store.length(cb),
+    clear: (cb) => store.clear(cb),
+    all: (cb) => store.all(cb),
+  };
+  const seen = Object.fromEntries(Object.keys(calls).map((name) => [name, []]));
+  for (const [name, call] of Object.entries(calls)) {
+    call((error) => seen[name].push(error));
+  }
+  await waitFor(() => Object.values(seen).every((errors) => errors.length > 0), SETTLE_BOUND_MS);
+  // Room for a second, wrong call of any callback.
+  await sleep(500);
+  for (const [name, errors] of Object.entries(seen)) {
+    assert.equal(errors.length, 1, `${name} callback calls`);
+    assert.ok(errors[0] instanceof Error, `${name} got ${errors[0]}`);
+    assert.ok(OUTAGE_CODES.has(errors[0].code), `${name} failed with ${errors[0].code}: ${errors[0].message}`);
+  }
+  await assertNoStrayErrors(watch);
+}
+
+/**
  * Locks the table from a raw connection and fires ten gets, so that two block on the lock with
  * both pooled connections. Checks that the gets without a connection time out, that every call
  * settles once the lock is released, and that calls succeed after.
@@ -664,6 +703,8 @@ function declareServerFaults(getServer, kind) {
   it('store created during outage recovers', { timeout: TEST_TIMEOUT_MS }, (t) => checkStartWhileDown(t, getServer()));
 
   it('full pool times out, then recovers', { timeout: TEST_TIMEOUT_MS }, (t) => checkFullPool(t, getServer(), kind));
+
+  it('callbacks settle once while down', { timeout: TEST_TIMEOUT_MS }, (t) => checkCallbacksWhileDown(t, getServer()));
 
   for (const warm of [true, false]) {
     const title = warm ? 'close settles sets in flight' : 'close during setup settles sets';
