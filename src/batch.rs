@@ -1,17 +1,19 @@
 //! Group commit: writes that arrive while a write is in flight are gathered into one batch.
 //!
-//! Each lane is a task that takes one write, then whatever else is already queued (up to
-//! `MAX_BATCH_WRITES` writes and `MAX_BATCH_BYTES` bytes of session data), and commits them
-//! together. A write that finds its lane idle runs at once, so a lone caller waits no longer
-//! than without batching. Sids are hashed to lanes, so the writes of one sid keep their order.
+//! A write that finds its lane idle runs at once, on its caller's task, so a lone caller waits
+//! no longer than without batching. Writes that arrive meanwhile queue up; when the running
+//! write ends, a drain task commits the queue in batches of up to `MAX_BATCH_WRITES` writes and
+//! `MAX_BATCH_BYTES` bytes of session data, until the queue is empty. Sids are hashed to lanes,
+//! and a lane runs one batch at a time, so the writes of one sid keep their order.
 
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::dialect::{Backend, PendingWrite};
 use crate::error::{Result, StoreError};
@@ -32,45 +34,165 @@ enum Queued {
   Flush(oneshot::Sender<()>),
 }
 
+#[derive(Default)]
+struct LaneState {
+  /// True while a write or a batch of this lane runs.
+  busy: bool,
+  queue: VecDeque<Queued>,
+}
+
+#[derive(Default)]
+struct Lane {
+  state: Mutex<LaneState>,
+}
+
+impl Lane {
+  fn lock(&self) -> MutexGuard<'_, LaneState> {
+    // The state stays consistent across a panic: every change is a single push, pop or flag.
+    self.state.lock().unwrap_or_else(PoisonError::into_inner)
+  }
+}
+
 /// The lanes of one store.
 pub struct WriteQueue {
-  lanes: Vec<mpsc::UnboundedSender<Queued>>,
+  backend: Arc<Backend>,
+  lanes: Vec<Arc<Lane>>,
 }
 
 impl WriteQueue {
-  /// Starts `lanes` lane tasks on the current Tokio runtime. They end when the queue is dropped.
+  /// Creates `lanes` idle lanes; drain tasks start on the current Tokio runtime when needed.
   pub fn start(backend: Arc<Backend>, lanes: usize) -> Self {
-    let lanes = (0..lanes.max(1))
-      .map(|_| {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run_lane(Arc::clone(&backend), receiver));
-        sender
-      })
-      .collect();
-    Self { lanes }
+    let lanes = (0..lanes.max(1)).map(|_| Arc::default()).collect();
+    Self { backend, lanes }
   }
 
-  /// Queues a write and waits until it is committed; returns the rows it changed.
+  /// Commits a write, alone or in a batch, and returns the rows it changed.
   pub async fn submit(&self, write: PendingWrite) -> Result<u64> {
     let lane = &self.lanes[lane_of(&write.sid, self.lanes.len())];
-    let (reply, answer) = oneshot::channel();
-    lane
-      .send(Queued::Write { write, reply })
-      .map_err(|_| StoreError::Closed)?;
-    answer.await.unwrap_or(Err(StoreError::Closed))
+    let queued = {
+      let mut state = lane.lock();
+      if state.busy {
+        let (reply, answer) = oneshot::channel();
+        state.queue.push_back(Queued::Write { write, reply });
+        Err(answer)
+      } else {
+        state.busy = true;
+        Ok(write)
+      }
+    };
+    let write = match queued {
+      Ok(write) => write,
+      Err(answer) => return answer.await.unwrap_or(Err(StoreError::Closed)),
+    };
+
+    // This caller leads: its write runs on its own task, and what queued meanwhile goes to a
+    // drain task when it ends, also when a timeout drops this future halfway.
+    let _handoff = Handoff {
+      lane: Arc::clone(lane),
+      backend: Arc::clone(&self.backend),
+    };
+    let mut results = self
+      .backend
+      .write_batch(std::slice::from_ref(&write), Utc::now())
+      .await;
+    results.pop().unwrap_or(Err(StoreError::Closed))
   }
 
-  /// Waits until every write queued so far is committed or failed.
+  /// Waits until every write accepted so far is committed or failed.
   pub async fn flush(&self) {
     let mut answers = Vec::with_capacity(self.lanes.len());
     for lane in &self.lanes {
-      let (reply, answer) = oneshot::channel();
-      if lane.send(Queued::Flush(reply)).is_ok() {
+      let mut state = lane.lock();
+      if state.busy {
+        let (reply, answer) = oneshot::channel();
+        state.queue.push_back(Queued::Flush(reply));
         answers.push(answer);
       }
     }
     for answer in answers {
       let _ = answer.await;
+    }
+  }
+}
+
+/// Passes a busy lane on when the write that held it ends.
+struct Handoff {
+  lane: Arc<Lane>,
+  backend: Arc<Backend>,
+}
+
+impl Drop for Handoff {
+  fn drop(&mut self) {
+    let mut state = self.lane.lock();
+    if state.queue.is_empty() {
+      state.busy = false;
+      return;
+    }
+    match tokio::runtime::Handle::try_current() {
+      // The lane stays busy: the drain task owns it until the queue is empty.
+      Ok(runtime) => {
+        drop(state);
+        runtime.spawn(drain(Arc::clone(&self.lane), Arc::clone(&self.backend)));
+      }
+      // Only when the runtime is shutting down, with the process.
+      Err(_) => {
+        for queued in state.queue.drain(..) {
+          match queued {
+            Queued::Write { reply, .. } => drop(reply.send(Err(StoreError::Closed))),
+            Queued::Flush(reply) => drop(reply.send(())),
+          }
+        }
+        state.busy = false;
+      }
+    }
+  }
+}
+
+/// Commits the queue of a busy lane in batches, then marks the lane idle.
+async fn drain(lane: Arc<Lane>, backend: Arc<Backend>) {
+  let mut writes = Vec::new();
+  let mut replies = Vec::new();
+  loop {
+    let mut flushes = Vec::new();
+    {
+      let mut state = lane.lock();
+      let mut bytes = 0;
+      loop {
+        let take = match state.queue.front() {
+          // A flush marker is answered once the writes before it are committed.
+          Some(Queued::Flush(_)) => writes.is_empty(),
+          Some(Queued::Write { .. }) => writes.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES,
+          None => false,
+        };
+        if !take {
+          break;
+        }
+        match state.queue.pop_front() {
+          Some(Queued::Write { write, reply }) => {
+            bytes += write.size();
+            writes.push(write);
+            replies.push(reply);
+          }
+          Some(Queued::Flush(reply)) => flushes.push(reply),
+          None => break,
+        }
+      }
+      if writes.is_empty() && flushes.is_empty() {
+        state.busy = false;
+        return;
+      }
+    }
+
+    for reply in flushes {
+      let _ = reply.send(());
+    }
+    if !writes.is_empty() {
+      let results = backend.write_batch(&writes, Utc::now()).await;
+      for (reply, result) in replies.drain(..).zip(results) {
+        // A caller that timed out has dropped its receiver; nothing is left to tell.
+        let _ = reply.send(result);
+      }
+      writes.clear();
     }
   }
 }
@@ -82,44 +204,6 @@ fn lane_of(sid: &str, lanes: usize) -> usize {
   let mut hasher = std::collections::hash_map::DefaultHasher::new();
   sid.hash(&mut hasher);
   usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
-}
-
-async fn run_lane(backend: Arc<Backend>, mut receiver: mpsc::UnboundedReceiver<Queued>) {
-  let mut writes = Vec::new();
-  let mut replies = Vec::new();
-  while let Some(first) = receiver.recv().await {
-    let mut flush = None;
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(queued) = next.take() {
-      match queued {
-        Queued::Write { write, reply } => {
-          bytes += write.size();
-          writes.push(write);
-          replies.push(reply);
-        }
-        Queued::Flush(reply) => {
-          flush = Some(reply);
-          break;
-        }
-      }
-      if writes.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-        next = receiver.try_recv().ok();
-      }
-    }
-
-    if !writes.is_empty() {
-      let results = backend.write_batch(&writes, Utc::now()).await;
-      for (reply, result) in replies.drain(..).zip(results) {
-        // A caller that timed out has dropped its receiver; nothing is left to tell.
-        let _ = reply.send(result);
-      }
-      writes.clear();
-    }
-    if let Some(reply) = flush {
-      let _ = reply.send(());
-    }
-  }
 }
 
 #[cfg(test)]
