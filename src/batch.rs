@@ -1,9 +1,9 @@
 //! Group commit: writes that arrive while a write is in flight are gathered into one batch.
 //!
 //! A write that finds its lane idle runs at once, on its caller's task, so a lone caller waits
-//! no longer than without batching. Writes that arrive meanwhile queue up; when the running
+//! no longer than without batching. Writes that arrive meanwhile queue up. When the running
 //! write ends, a drain task commits the queue in batches of up to `MAX_BATCH_WRITES` writes and
-//! `MAX_BATCH_BYTES` bytes of session data, until the queue is empty. Sids are hashed to lanes,
+//! `MAX_BATCH_BYTES` bytes of session data until the queue is empty. Sids are hashed to lanes,
 //! and a lane runs one batch at a time, so the writes of one sid keep their order.
 
 #![forbid(unsafe_code)]
@@ -18,11 +18,11 @@ use tokio::sync::oneshot;
 use crate::dialect::{Backend, PendingWrite};
 use crate::error::{Result, StoreError};
 
-/// Most writes in one batch.
+/// Maximum writes in one batch.
 const MAX_BATCH_WRITES: usize = 256;
 
-/// Most session bytes in one batch; MySQL's default max_allowed_packet is 16 MiB (MariaDB,
-/// MySQL 8 uses 64 MiB), so a full batch stays well under it.
+/// Maximum session bytes in one batch. The default max_allowed_packet is 16 MiB on MariaDB and
+/// 64 MiB on MySQL 8, so a full batch stays well under either.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 enum Queued {
