@@ -122,6 +122,9 @@ async function openStore(backend, options = {}) {
     url,
     tableName,
     cleanup: async () => {
+      // The setup runs in the background from the constructor; dropping the table before it
+      // ends would let it create the table again afterwards.
+      await store.ready.catch(() => {});
       await store.close();
       if (options.createTable !== false) {
         await raw.query(`DROP TABLE IF EXISTS ${quote(backend, tableName)}`).catch(() => {});
