@@ -1,7 +1,7 @@
 'use strict';
 
 // An Express app whose sessions live in connect-session-knex.sqlite in the working directory.
-// Each request answers with its view count, which survives a restart of the process.
+// Each response contains the view count, which survives a restart of the process.
 //   node example.js            serves on PORT or 3000
 //   DATABASE_URL=postgres://... node example.js   uses another database
 const express = require('express');

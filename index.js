@@ -10,7 +10,7 @@ const { normalizeOptions, nativeOptions } = require('./lib/options');
 const { log, shortSid, describeTarget, describeError, ms } = require('./lib/debug');
 const { StoreStats, OP } = require('./lib/stats');
 
-/** Longest sid the `varchar(255)` column holds. */
+/** Maximum sid length, in characters, of the `varchar(255)` column. */
 const MAX_SID_LENGTH = 255;
 
 const noop = () => {};
@@ -58,8 +58,8 @@ class KnexSessionStore extends Store {
     /** @type {NodeJS.Timeout | undefined} */
     this.nextDbCleanup = undefined;
     /**
-     * Settles when the table is created or checked. A rejection reaches whoever awaits it and
-     * never becomes an unhandled rejection.
+     * Settles when the table is created or checked. A rejection reaches the code that awaits
+     * it and never becomes an unhandled rejection.
      */
     this.ready = this.#native.ready().then(
       () => {
@@ -320,7 +320,7 @@ class KnexSessionStore extends Store {
   #setupRecovered(/** @type {string} */ caller) {
     this.#setup = 'ready';
     if (log.enabled) log('setup retried by %s and succeeded: the store is ready', caller);
-    // Whoever awaits `ready` from now on, such as a health check, learns that the store works.
+    // Code that awaits `ready` from now on, such as a health check, sees that the store works.
     this.ready = Promise.resolve();
     this.emit('connect');
   }

@@ -780,7 +780,7 @@ describe('private MariaDB server', { skip: skipReason('mariadb', 'MariaDB') }, (
 
   it('frozen mid-query calls settle', { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const watch = watchProcess(t);
-    // queryTimeoutMillis bounds a call whose query the server never answers.
+    // queryTimeoutMillis bounds a call whose query gets no reply.
     const store = openStore(t, server.url, uniqueTable(), {
       pool: { acquireTimeoutMillis: 2000 },
       queryTimeoutMillis: 3000,

@@ -1,6 +1,6 @@
 'use strict';
 
-// TLS is used when the URL or the knex config asks for it, and its failures are clear errors.
+// TLS is used when the URL or the knex config requests it, and its failures are clear errors.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
 

@@ -30,7 +30,7 @@ enum Queued {
     write: PendingWrite,
     reply: oneshot::Sender<Result<u64>>,
   },
-  /// Answered once every write queued before it is committed.
+  /// Barrier that is released once every write queued before it is committed.
   Flush(oneshot::Sender<()>),
 }
 
@@ -159,7 +159,7 @@ async fn drain(lane: Arc<Lane>, backend: Arc<Backend>) {
       let mut bytes = 0;
       loop {
         let take = match state.queue.front() {
-          // A flush marker is answered once the writes before it are committed.
+          // A flush marker is released once the writes before it are committed.
           Some(Queued::Flush(_)) => writes.is_empty(),
           Some(Queued::Write { .. }) => writes.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES,
           None => false,

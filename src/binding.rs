@@ -44,7 +44,7 @@ pub struct NativeOptions {
   pub acquire_timeout_ms: Option<u32>,
   /// Time before an idle connection is closed, in ms.
   pub idle_timeout_ms: Option<u32>,
-  /// Longest a call may take, connection wait included, in ms.
+  /// Maximum time of one call, connection wait included, in ms.
   pub query_timeout_ms: Option<u32>,
 }
 

@@ -1,4 +1,4 @@
-//! Where the sessions live: a URL or connection fields turned into driver connect options.
+//! Connection targets: a URL or connection fields turned into driver connect options.
 
 #![forbid(unsafe_code)]
 

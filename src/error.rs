@@ -100,8 +100,8 @@ pub enum StoreError {
     millis: u128,
   },
 
-  /// A MySQL/MariaDB table whose sid collation ignores case or trailing spaces already holds a
-  /// sid equal to this one under that collation.
+  /// A MySQL/MariaDB table whose sid collation ignores case or trailing spaces already contains
+  /// a sid equal to this one under that collation.
   #[error(
     "sid {sid} collides with a stored sid that differs only in case or trailing spaces: change \
      the sid column to a binary collation (utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on \

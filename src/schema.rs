@@ -1,13 +1,13 @@
-//! Table and column names: validation, quoting, and the layout of a sessions table.
+//! Table and column names: validation and quoting.
 
 #![forbid(unsafe_code)]
 
 use crate::error::{Result, StoreError};
 
-/// Longest identifier accepted; PostgreSQL truncates names past 63 bytes.
+/// Maximum identifier length, because PostgreSQL truncates names past 63 bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
 
-/// How a dialect quotes identifiers.
+/// Quote character of a dialect for identifiers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quote {
   /// `"name"`: SQLite and PostgreSQL.

@@ -49,7 +49,7 @@ impl Store {
   }
 
   // Reads are idempotent, so each one runs a second time when the first lost its connection
-  // (a server restart or a killed backend); the pool replaces the connection in between.
+  // to a server restart or a killed backend. The pool replaces the connection in between.
 
   pub async fn get(&self, sid: &str) -> Result<Option<String>> {
     let backend = self.backend().await?;

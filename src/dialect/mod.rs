@@ -23,14 +23,14 @@ pub const CLEANUP_BATCH: u32 = 5_000;
 /// that an exhausted pool reports ERR_POOL_TIMEOUT first.
 pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// What a backend needs besides the target.
+/// Table names and limits a backend is opened with, besides its target.
 #[derive(Clone, Debug)]
 pub struct Settings {
   pub table_name: String,
   pub sid_field_name: String,
   pub create_table: bool,
   pub pool: PoolConfig,
-  /// Longest a call may take before it fails with ERR_QUERY_TIMEOUT.
+  /// Maximum time of one call before it fails with ERR_QUERY_TIMEOUT.
   pub query_timeout: std::time::Duration,
 }
 

@@ -401,7 +401,7 @@ fn statements(names: &TableNames, sid_is_exact: bool) -> Statements {
   Statements {
     get: format!("SELECT `sess` FROM {table} WHERE {exact} AND `expired` >= ?"),
     // NOTE: VALUES() in ON DUPLICATE KEY UPDATE is deprecated since MySQL 8.0.20 but still
-    // works; the row-alias form that replaces it is not understood by MariaDB.
+    // works. MariaDB does not understand the row-alias form that replaces it.
     set: format!(
       "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES (?, ?, ?) {}",
       on_duplicate(names, sid_is_exact)

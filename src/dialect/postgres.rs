@@ -315,7 +315,7 @@ async fn columns(
 }
 
 /// Returns the time zone the database's own sessions use, which sqlx overrides with UTC at
-/// connect: a `timestamp without time zone` column holds wall times of that zone.
+/// connect: a `timestamp without time zone` column contains wall times of that zone.
 async fn database_time_zone(conn: &mut PgConnection) -> sqlx::Result<String> {
   let configured: Option<String> = sqlx::query_scalar(
     "SELECT substring(setting FROM position('=' IN setting) + 1) \
