@@ -1,7 +1,8 @@
 'use strict';
 
 // Formats the results as Markdown tables: one per backend with every store's ops/s and
-// p50/p99 latency per phase, and the ratio of ours to each peer on that backend.
+// p50/p99 latency per phase, and the ratio of ours to each peer on that backend. Stores that
+// were skipped get a line after the tables.
 const { BACKENDS } = require('./stores');
 const { PHASES } = require('./workload');
 
@@ -77,12 +78,15 @@ function backendTable(backend, stores, settings) {
   return `### ${BACKENDS[backend]}\n\n${renderTable(header, rows)}`;
 }
 
-/** Renders every backend's table, in the order of BACKENDS. */
+/** Renders every backend's table, in the order of BACKENDS, then the skipped stores. */
 function renderReport(results, settings) {
   const sections = [];
   for (const backend of Object.keys(BACKENDS)) {
-    const stores = results.filter((store) => store.backend === backend);
+    const stores = results.filter((store) => store.backend === backend && !store.skipped);
     if (stores.length > 0) sections.push(backendTable(backend, stores, settings));
+  }
+  for (const store of results.filter((result) => result.skipped)) {
+    sections.push(`${store.name} skipped: ${store.skipped}`);
   }
   return sections.join('\n\n');
 }

@@ -1,9 +1,9 @@
 'use strict';
 
-// Benchmarks this store against connect-session-knex 5 and the usual store of each backend,
-// with express-session's MemoryStore as the ceiling. See bench/README.md for the phases and
-// the environment variables. Prints Markdown tables, writes bench/results/latest.json, and
-// exits non-zero when a store call fails or a correctness check does not hold.
+// Benchmarks this store against connect-session-knex 5, the usual store of each SQL backend and
+// connect-redis, with express-session's MemoryStore as the ceiling. See bench/README.md for the
+// phases and the environment variables. Prints Markdown tables, writes bench/results/latest.json,
+// and exits non-zero when a store call fails or a correctness check does not hold.
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -11,7 +11,14 @@ const path = require('node:path');
 
 const { runHttp } = require('./http');
 const { renderReport } = require('./report');
-const { BACKENDS, SQLITE_PEER_DEFAULTS, allStores, removeTmp, serverVersions } = require('./stores');
+const {
+  BACKENDS,
+  SQLITE_PEER_DEFAULTS,
+  StoreUnavailableError,
+  allStores,
+  removeTmp,
+  serverVersions,
+} = require('./stores');
 const { CheckError, makeBatch, meanSessionBytes, runPhases, warmUp } = require('./workload');
 
 function readInteger(name, fallback, least) {
@@ -57,12 +64,28 @@ function log(message) {
   process.stderr.write(`bench: ${message}\n`);
 }
 
+/** Returns the installed version of a package, or null when it is not installed. */
 function packageVersion(name) {
   try {
     return require(`${name}/package.json`).version;
   } catch {
-    return null;
+    // Packages whose `exports` leave out package.json, such as connect-redis 10, are found by
+    // walking up from their entry point.
   }
+  try {
+    let folder = path.dirname(require.resolve(name));
+    while (folder !== path.dirname(folder)) {
+      const file = path.join(folder, 'package.json');
+      if (fs.existsSync(file)) {
+        const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+        if (manifest.name === name) return manifest.version;
+      }
+      folder = path.dirname(folder);
+    }
+  } catch {
+    // Not installed.
+  }
+  return null;
 }
 
 function gitCommit() {
@@ -97,6 +120,8 @@ async function describeMachine() {
         'connect-pg-simple',
         'express-mysql-session',
         'better-sqlite3-session-store',
+        'connect-redis',
+        'redis',
         'express-session',
         'express',
         'autocannon',
@@ -105,7 +130,10 @@ async function describeMachine() {
   };
 }
 
-/** Runs every phase and the HTTP run against one store; failures are recorded, not thrown. */
+/**
+ * Runs every phase and the HTTP run against one store. Failures are recorded, not thrown, and a
+ * store whose server is not reachable is recorded as skipped.
+ */
 async function benchStore(entry, settings) {
   const result = { id: entry.id, name: entry.name, backend: entry.backend, ours: entry.ours, phases: {} };
   let opened;
@@ -121,6 +149,11 @@ async function benchStore(entry, settings) {
       log(`${entry.id} HTTP: ${Math.round(result.http.opsPerSec)} requests/s`);
     }
   } catch (error) {
+    if (error instanceof StoreUnavailableError) {
+      result.skipped = error.message;
+      log(`${entry.id} skipped: ${error.message}`);
+      return result;
+    }
     result.error = error instanceof CheckError ? `check failed: ${error.message}` : error.message;
     result.errorCode = error.cause && error.cause.code;
     log(`${entry.id} FAILED: ${result.error}`);
@@ -181,6 +214,8 @@ async function runAll() {
   } else {
     log('all correctness checks passed');
   }
+  const skipped = results.filter((result) => result.skipped);
+  if (skipped.length > 0) log(`skipped, server not reachable: ${skipped.map((result) => result.id).join(', ')}`);
 }
 
 main().catch((error) => {

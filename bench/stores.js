@@ -1,7 +1,8 @@
 'use strict';
 
-// The stores under test. Each entry opens its store on a fresh table (a fresh file on SQLite)
-// and returns it with a `close` that closes the store and drops what it created.
+// The stores under test. Each entry opens its store on a fresh table (a fresh file on SQLite, a
+// key prefix of its own on Redis) and returns it with a `close` that closes the store and drops
+// what it created.
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -10,6 +11,7 @@ const session = require('express-session');
 
 const PG_URL = process.env.PG_URL || 'postgres://postgres@127.0.0.1:5432/test';
 const MYSQL_URL = process.env.MYSQL_URL || 'mysql://root@127.0.0.1:3306/test';
+const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 // The peers' pools get 10 connections, which is this store's default on PostgreSQL and MySQL
 // (on SQLite it uses 4 readers and one writer). It is also the default max of knex, pg.Pool
@@ -26,11 +28,15 @@ const BACKENDS = {
   sqlite: 'SQLite',
   postgres: 'PostgreSQL',
   mysql: 'MariaDB',
+  redis: 'Redis',
   memory: 'memory',
 };
 
 const runId = `${process.pid}_${Date.now().toString(36)}`;
 let tmpDir;
+
+/** Error that a store's `open` throws when its server cannot be reached, so the run skips the store. */
+class StoreUnavailableError extends Error {}
 
 /** Returns a new folder under the run's temporary folder, for one store's SQLite file. */
 function tmpFolder(name) {
@@ -227,6 +233,70 @@ function openBetterSqlite3SessionStore() {
   };
 }
 
+// --- connect-redis ---
+
+/** Returns REDIS_URL with its password replaced by `***`, for messages. */
+function redisUrlForMessages() {
+  try {
+    const url = new URL(REDIS_URL);
+    if (url.password) url.password = '***';
+    return url.href;
+  } catch {
+    return '(REDIS_URL, not a valid URL)';
+  }
+}
+
+/**
+ * Opens a node-redis client on REDIS_URL. Throws StoreUnavailableError when no connection can
+ * be opened. An error reply from the server, such as a rejected password, is thrown as it is.
+ */
+async function connectRedis() {
+  const { createClient, ErrorReply } = require('redis');
+  // node-redis 6 by default reconnects without limit. With reconnection off, connect() rejects
+  // at the first failed attempt, and a connection lost during the run fails the calls, so the
+  // store is reported as failed.
+  const client = createClient({ url: REDIS_URL, socket: { reconnectStrategy: false } });
+  let connected = false;
+  // node-redis emits every socket error as an 'error' event, and an unhandled one would end the
+  // process. Before the connection is open, connect() rejects with the same error.
+  client.on('error', (error) => {
+    if (connected) process.stderr.write(`bench: Redis client error: ${error.message}\n`);
+  });
+  try {
+    await client.connect();
+  } catch (error) {
+    if (client.isOpen) client.destroy();
+    if (error instanceof ErrorReply) throw error;
+    throw new StoreUnavailableError(
+      `Redis at ${redisUrlForMessages()} is not reachable (${error.message}): start it or set REDIS_URL`,
+      { cause: error },
+    );
+  }
+  connected = true;
+  return client;
+}
+
+function openConnectRedis() {
+  const { RedisStore } = require('connect-redis');
+  const prefix = `csk-bench-${runId}-`;
+  return async () => {
+    const client = await connectRedis();
+    const store = new RedisStore({ client, prefix });
+    return {
+      store,
+      close: async () => {
+        try {
+          // clear() deletes every key under the prefix (SCAN, then DEL), which also covers the
+          // sessions left behind by a run that stopped at a failed call.
+          await store.clear();
+        } finally {
+          if (client.isOpen) await client.close();
+        }
+      },
+    };
+  };
+}
+
 // --- express-session's MemoryStore ---
 
 function openMemory() {
@@ -266,13 +336,14 @@ function allStores() {
       ours: false,
       open: openMysqlSession(),
     },
+    { id: 'connect-redis', name: 'connect-redis', backend: 'redis', ours: false, open: openConnectRedis() },
     { id: 'memory', name: 'MemoryStore', backend: 'memory', ours: false, open: openMemory() },
   ];
 }
 
 /** Reads the server versions, for the results. A server that cannot be reached reads as null. */
 async function serverVersions() {
-  const versions = { postgres: null, mysql: null, betterSqlite3: null };
+  const versions = { postgres: null, mysql: null, redis: null, betterSqlite3: null };
   try {
     const { Client } = require('pg');
     const client = new Client({ connectionString: PG_URL });
@@ -291,6 +362,16 @@ async function serverVersions() {
   } catch {
     // Reported as null; the MariaDB stores then fail with the connection error.
   }
+  try {
+    const client = await connectRedis();
+    try {
+      versions.redis = (await client.info('server')).match(/^redis_version:(\S+)/m)[1];
+    } finally {
+      await client.close();
+    }
+  } catch {
+    // Reported as null; the connect-redis store is then skipped, or fails on an error reply.
+  }
   const Database = require('better-sqlite3');
   const db = new Database(':memory:');
   versions.betterSqlite3 = db.prepare('SELECT sqlite_version() AS v').get().v;
@@ -302,7 +383,9 @@ module.exports = {
   BACKENDS,
   PG_URL,
   MYSQL_URL,
+  REDIS_URL,
   SQLITE_PEER_DEFAULTS,
+  StoreUnavailableError,
   POOL_SIZE,
   allStores,
   removeTmp,
