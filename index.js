@@ -102,7 +102,8 @@ class KnexSessionStore extends Store {
   get(sid, callback) {
     return this.#run(OP.get, sid, callback, async () => {
       checkSid(sid);
-      const json = await this.#native.get(sid);
+      let json = this.#native.getNow(sid);
+      if (json === undefined) json = await this.#native.get(sid);
       return json === null ? null : this.#parse(json, sid);
     });
   }
@@ -120,7 +121,11 @@ class KnexSessionStore extends Store {
       const expires = expiryOf(session, this.#ttl, Date.now());
       const json = serialize(session);
       checkSize(json, this.#maxSessionBytes);
-      await this.#inOrder(sid, () => this.#native.set(sid, json, expires));
+      await this.#inOrder(
+        sid,
+        () => this.#native.setNow(sid, json, expires),
+        () => this.#native.set(sid, json, expires),
+      );
     });
   }
 
@@ -136,7 +141,11 @@ class KnexSessionStore extends Store {
       checkSession(session);
       if (this.#disableTouch) return;
       const expires = expiryOf(session, this.#ttl, Date.now());
-      await this.#inOrder(sid, () => this.#native.touch(sid, expires));
+      await this.#inOrder(
+        sid,
+        () => this.#native.touchNow(sid, expires),
+        () => this.#native.touch(sid, expires),
+      );
     });
   }
 
@@ -148,7 +157,11 @@ class KnexSessionStore extends Store {
   destroy(sid, callback) {
     return this.#run(OP.destroy, sid, callback, async () => {
       checkSid(sid);
-      return this.#inOrder(sid, () => this.#native.destroy(sid));
+      return this.#inOrder(
+        sid,
+        () => this.#native.destroyNow(sid),
+        () => this.#native.destroy(sid),
+      );
     });
   }
 
@@ -268,17 +281,27 @@ class KnexSessionStore extends Store {
   }
 
   /**
-   * Starts `write` once the previous write of `sid`, if any, has settled. Each native call
+   * Runs a write of `sid` once the previous write of it, if any, has settled. Each native call
    * runs as its own task, so two writes of one sid started together could otherwise reach the
-   * database in either order, and a logout could lose to the save before it.
+   * database in either order, and a logout could lose to the save before it. `now` is the
+   * form run on this thread (null when it cannot be), `write` the async form.
    * @template T
    * @param {string} sid
+   * @param {() => T | null} now
    * @param {() => Promise<T>} write
-   * @returns {Promise<T>}
+   * @returns {T | Promise<T>}
    */
-  #inOrder(sid, write) {
+  #inOrder(sid, now, write) {
     const previous = this.#writing.get(sid);
-    const result = previous === undefined ? write() : previous.then(write, write);
+    const attempt = () => {
+      const done = now();
+      return done === null ? write() : done;
+    };
+    if (previous === undefined) {
+      const done = now();
+      if (done !== null) return done;
+    }
+    const result = previous === undefined ? write() : previous.then(attempt, attempt);
     const settled = result.then(noop, noop);
     this.#writing.set(sid, settled);
     settled.then(() => {

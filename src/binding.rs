@@ -138,6 +138,40 @@ impl NativeStore {
     Ok(count(self.store.destroy(sid).await?))
   }
 
+  // The `*Now` forms run on the JS thread when the database lets them (SQLite files whose
+  // lock is free); when they return undefined (get) or null (the writes), the caller uses the
+  // async form, which also reports every error.
+
+  /// Returns the stored JSON, null when there is no live session, or undefined.
+  #[napi]
+  pub fn get_now(&self, sid: String) -> Either3<String, Null, Undefined> {
+    match self.store.get_now(&sid) {
+      Some(Some(json)) => Either3::A(json),
+      Some(None) => Either3::B(Null),
+      None => Either3::C(()),
+    }
+  }
+
+  /// Returns true once the session is stored, or null.
+  #[napi]
+  pub fn set_now(&self, sid: String, sess: String, expires: f64) -> Option<bool> {
+    self
+      .written(self.store.set_now(sid, sess, expires))
+      .map(|_| true)
+  }
+
+  /// Returns the rows changed, or null.
+  #[napi]
+  pub fn touch_now(&self, sid: String, expires: f64) -> Option<f64> {
+    self.written(self.store.touch_now(sid, expires))
+  }
+
+  /// Returns the rows deleted, or null.
+  #[napi]
+  pub fn destroy_now(&self, sid: String) -> Option<f64> {
+    self.written(self.store.destroy_now(sid))
+  }
+
   /// Deletes every session; returns the rows deleted.
   #[napi]
   pub async fn clear(&self) -> Result<f64> {
@@ -177,6 +211,18 @@ impl NativeStore {
   pub async fn close(&self) -> Result<()> {
     self.store.close().await;
     Ok(())
+  }
+}
+
+impl NativeStore {
+  /// Starts the checkpoint a direct write asked for, and returns its row count.
+  fn written(&self, result: Option<(u64, bool)>) -> Option<f64> {
+    let (rows, checkpoint_due) = result?;
+    if checkpoint_due {
+      let store = Arc::clone(&self.store);
+      napi::bindgen_prelude::spawn(async move { store.checkpoint().await });
+    }
+    Some(count(rows))
   }
 }
 

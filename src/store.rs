@@ -62,6 +62,50 @@ impl Store {
     }
   }
 
+  // On SQLite files, calls first try the direct connection on the caller's thread; `None`
+  // sends them down the async path, which also reports every error.
+
+  /// Runs `get` without waiting, or returns `None`.
+  pub fn get_now(&self, sid: &str) -> Option<Option<String>> {
+    self.direct()?.get(sid, Utc::now())
+  }
+
+  // The write forms return the rows changed and whether a WAL checkpoint is due.
+
+  pub fn set_now(&self, sid: String, sess: String, expires_ms: f64) -> Option<(u64, bool)> {
+    let expires = instant("expires", expires_ms).ok()?;
+    self.write_now(sid, WriteOp::Set { sess, expires })
+  }
+
+  pub fn touch_now(&self, sid: String, expires_ms: f64) -> Option<(u64, bool)> {
+    let expires = instant("expires", expires_ms).ok()?;
+    self.write_now(sid, WriteOp::Touch { expires })
+  }
+
+  pub fn destroy_now(&self, sid: String) -> Option<(u64, bool)> {
+    self.write_now(sid, WriteOp::Destroy)
+  }
+
+  fn write_now(&self, sid: String, op: WriteOp) -> Option<(u64, bool)> {
+    self.direct()?.write(&PendingWrite { sid, op }, Utc::now())
+  }
+
+  /// Checkpoints the WAL grown by direct writes; errors are left for the next checkpoint.
+  pub async fn checkpoint(&self) {
+    if let Some(opened) = self.opened.get() {
+      if !self.closed.load(Ordering::Acquire) {
+        let _ = opened.backend.checkpoint().await;
+      }
+    }
+  }
+
+  fn direct(&self) -> Option<&crate::dialect::Direct> {
+    if self.closed.load(Ordering::Acquire) {
+      return None;
+    }
+    self.opened.get()?.backend.direct()
+  }
+
   // Writes go through the group-commit lanes of `batch`.
   // NOTE: a write that hits the query timeout may still be committed afterwards by its lane.
 

@@ -9,6 +9,9 @@
 mod mysql;
 mod postgres;
 mod sqlite;
+mod sqlite_direct;
+
+pub use sqlite_direct::Direct;
 
 use chrono::{DateTime, Utc};
 
@@ -301,6 +304,22 @@ impl Backend {
       WriteOp::Set { sess, expires } => self.set(&write.sid, sess, *expires).await.map(|()| 1),
       WriteOp::Touch { expires } => self.touch(&write.sid, *expires, now).await,
       WriteOp::Destroy => self.destroy(&write.sid).await,
+    }
+  }
+
+  /// Returns the connection that runs calls on the JS thread, on SQLite files.
+  pub fn direct(&self) -> Option<&Direct> {
+    match self {
+      Self::Sqlite(db) => db.direct(),
+      _ => None,
+    }
+  }
+
+  /// Checkpoints the WAL that direct writes grow; nothing to do on the servers.
+  pub async fn checkpoint(&self) -> Result<()> {
+    match self {
+      Self::Sqlite(db) => db.checkpoint().await,
+      _ => Ok(()),
     }
   }
 

@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
   SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
+use super::sqlite_direct::{iso, seconds, Direct, DirectStatements};
 use super::{check_columns, PendingWrite, PoolStats, Settings, Statements, WriteOp, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
@@ -32,6 +33,9 @@ pub struct Sqlite {
   reader: SqlitePool,
   /// True when `reader` and `writer` are one pool (in-memory databases).
   shared: bool,
+  /// The connection for calls on the JS thread; files only, since a second connection to
+  /// `:memory:` would see a database of its own.
+  direct: Option<Direct>,
   sql: Statements,
   label: String,
 }
@@ -64,7 +68,8 @@ impl Sqlite {
       .max_connections(1)
       .acquire_timeout(acquire);
 
-    let (writer, reader) = if in_memory {
+    let sql = statements(&names);
+    let (writer, reader, direct) = if in_memory {
       // Every connection to `:memory:` is a database of its own, so one connection serves
       // reads and writes, and it is never dropped as idle.
       let writer = writer_options
@@ -82,7 +87,7 @@ impl Sqlite {
         .await
         .map_err(setup_error)?;
       drop(conn);
-      (writer.clone(), writer)
+      (writer.clone(), writer, None)
     } else {
       let mut conn = connect_when_unlocked(&options)
         .await
@@ -103,15 +108,18 @@ impl Sqlite {
         .min_connections(pool.min.unwrap_or(0))
         .acquire_timeout(acquire)
         .idle_timeout(pool.idle())
-        .connect_lazy_with(options);
-      (writer, reader)
+        .connect_lazy_with(options.clone());
+      // Without it every call takes the async path, which works as well, only slower.
+      let direct = Direct::open(options.get_filename(), direct_statements(&sql)).ok();
+      (writer, reader, direct)
     };
 
     Ok(Self {
       writer,
       reader,
       shared: in_memory,
-      sql: statements(&names),
+      direct,
+      sql,
       label: label.to_owned(),
     })
   }
@@ -244,7 +252,25 @@ impl Sqlite {
     stats
   }
 
+  /// Returns the connection for calls on the JS thread, if the database has one.
+  pub fn direct(&self) -> Option<&Direct> {
+    self.direct.as_ref()
+  }
+
+  /// Copies WAL pages written by the direct connection into the file, on the async writer,
+  /// without waiting for readers or blocking writers.
+  pub async fn checkpoint(&self) -> Result<()> {
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+      .execute(&self.writer)
+      .await
+      .map_err(|error| self.fail("checkpoint", error))?;
+    Ok(())
+  }
+
   pub async fn close(&self) {
+    if let Some(direct) = &self.direct {
+      direct.close();
+    }
     self.reader.close().await;
     self.writer.close().await;
   }
@@ -322,7 +348,7 @@ async fn ensure_table(
   check_columns(names, &columns).map_err(Setup::Store)
 }
 
-fn statements(names: &TableNames) -> Statements {
+pub(super) fn statements(names: &TableNames) -> Statements {
   let table = names.quoted_table(Quote::Double);
   let sid = names.quoted_sid(Quote::Double);
   let live = "unixepoch(\"expired\", 'subsec') >= ?";
@@ -345,17 +371,14 @@ fn statements(names: &TableNames) -> Statements {
   }
 }
 
-/// Returns the instant as knex writes it: `2030-01-02T03:04:05.678Z`.
-fn iso(instant: DateTime<Utc>) -> String {
-  instant.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Returns seconds since the epoch with milliseconds, as `unixepoch(..., 'subsec')` gives them.
-fn seconds(instant: DateTime<Utc>) -> f64 {
-  // Exact for every millisecond timestamp up to year 275760, the JS Date range.
-  #[allow(clippy::cast_precision_loss)]
-  let millis = instant.timestamp_millis() as f64;
-  millis / 1000.0
+/// Copies the statements the direct connection runs.
+pub(super) fn direct_statements(sql: &Statements) -> DirectStatements {
+  DirectStatements {
+    get: sql.get.clone(),
+    set: sql.set.clone(),
+    touch: sql.touch.clone(),
+    destroy: sql.destroy.clone(),
+  }
 }
 
 /// Names the file in errors of opening it, which are mostly a missing folder or no permission.
