@@ -138,9 +138,9 @@ impl NativeStore {
     Ok(count(self.store.destroy(sid).await?))
   }
 
-  // The `*Now` forms run on the JS thread when the database lets them (SQLite files whose
-  // lock is free); when they return undefined (get) or null (the writes), the caller uses the
-  // async form, which also reports every error.
+  // The `*Now` forms run on the JS thread when the database allows it (SQLite files whose lock
+  // is free). When they return undefined (get) or null (the writes), the caller uses the async
+  // form, which also reports every error.
 
   /// Returns the stored JSON, null when there is no live session, or undefined.
   #[napi]

@@ -3,9 +3,9 @@
 //! A `get` on a SQLite file takes a few microseconds, while handing it to Tokio, then to sqlx's
 //! connection thread and back took about 140 (p50, measured on a two-core machine). So `get`,
 //! `set`, `touch` and `destroy` first try this connection, on the JS thread, as better-sqlite3
-//! does. It never waits: its busy timeout is zero, so when another connection holds the write
-//! lock (a batch of the async writer, another process) the call returns `None` and the caller
-//! takes the async path, which waits for the lock there. Any other failure does the same, so
+//! does. It never waits, because its busy timeout is zero. When another connection holds the
+//! write lock (a batch of the async writer, another process), the call returns `None` and the
+//! caller takes the async path, which waits for the lock there. Any other failure does the same, so
 //! the async path alone reports errors, with their codes.
 //!
 //! The connection never checkpoints on its own, because a checkpoint syncs the file and would
@@ -24,8 +24,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{PendingWrite, WriteOp};
 
-/// Commits after which the WAL is checkpointed: about 4 MB of WAL with three pages a write,
-/// SQLite's own default threshold.
+/// Commits after which the WAL is checkpointed: about 1,000 WAL pages (SQLite's default
+/// threshold) at an estimated three pages a write.
 const CHECKPOINT_EVERY: u32 = 330;
 
 /// The SQL this connection runs, the same text the async pools run.
@@ -50,7 +50,7 @@ impl Direct {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::ZERO)?;
-    // The file is in WAL mode already; NORMAL matches the async pools' durability.
+    // The file is in WAL mode already. NORMAL gives the durability of the async pools.
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
     Ok(Self {
       conn: Mutex::new(Some(conn)),
@@ -78,8 +78,8 @@ impl Direct {
     }
   }
 
-  /// Commits one write; returns its row count and whether a checkpoint is due, or `None` when
-  /// the async path must run it.
+  /// Commits one write and returns its row count and whether a checkpoint is due, or `None`
+  /// when the async path must run it.
   pub fn write(&self, write: &PendingWrite, now: DateTime<Utc>) -> Option<(u64, bool)> {
     let guard = self.conn.try_lock().ok()?;
     let conn = guard.as_ref()?;
@@ -159,7 +159,7 @@ mod tests {
   }
 
   #[test]
-  fn writes_and_reads_on_the_calling_thread() {
+  fn write_then_read_round_trips() {
     let (path, _other) = file();
     let direct = Direct::open(&path, statements()).expect("direct");
     assert_eq!(direct.write(&set("a"), Utc::now()).map(|(n, _)| n), Some(1));
@@ -176,7 +176,7 @@ mod tests {
   }
 
   #[test]
-  fn gives_way_instead_of_waiting_for_a_held_lock() {
+  fn write_yields_to_held_lock() {
     let (path, other) = file();
     let direct = Direct::open(&path, statements()).expect("direct");
     other.execute_batch("BEGIN IMMEDIATE").expect("lock");
