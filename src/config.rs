@@ -82,6 +82,15 @@ enum Dialect {
 }
 
 impl Target {
+  /// Returns the description of the database used in messages, without a password.
+  pub fn label(&self) -> &str {
+    match self {
+      Self::Sqlite { label, .. } | Self::Postgres { label, .. } | Self::Mysql { label, .. } => {
+        label
+      }
+    }
+  }
+
   /// Builds the target from a URL when one is given, else from the client and fields.
   pub fn from_config(config: &ConnectionConfig) -> Result<Self> {
     let dialect = config
@@ -316,11 +325,7 @@ mod tests {
   use super::*;
 
   fn label(target: &Target) -> &str {
-    match target {
-      Target::Sqlite { label, .. }
-      | Target::Postgres { label, .. }
-      | Target::Mysql { label, .. } => label,
-    }
+    target.label()
   }
 
   fn url_config(url: &str) -> ConnectionConfig {

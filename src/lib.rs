@@ -6,7 +6,7 @@
 //!   expiry rule, option checks and the cleanup timer.
 //! - `binding`: the `NativeStore` class, the only Rust code that uses napi types.
 //! - the core, free of napi: `store` (opens the backend once and forwards calls), `batch`
-//!   (group commit of writes), `dialect`
+//!   (group commit of writes), `reads` (batched gets), `dialect`
 //!   (one module per SQL dialect behind one enum), `config` (URLs and connection fields),
 //!   `schema` (identifier checks and quoting) and `error` (codes and messages).
 //!
@@ -19,5 +19,6 @@ mod binding;
 mod config;
 mod dialect;
 mod error;
+mod reads;
 mod schema;
 mod store;

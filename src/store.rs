@@ -16,6 +16,7 @@ use crate::batch::WriteQueue;
 use crate::config::Target;
 use crate::dialect::{Backend, PendingWrite, PoolStats, Settings, WriteOp, CLEANUP_BATCH};
 use crate::error::{Result, StoreError};
+use crate::reads::ReadQueue;
 
 pub struct Store {
   target: Target,
@@ -24,9 +25,10 @@ pub struct Store {
   closed: AtomicBool,
 }
 
-/// An open backend with the write lanes that feed it.
+/// An open backend with the read slots and write lanes that feed it.
 struct Opened {
   backend: Arc<Backend>,
+  reads: ReadQueue,
   writes: WriteQueue,
 }
 
@@ -52,12 +54,10 @@ impl Store {
   // to a server restart or a killed backend. The pool replaces the connection in between.
 
   pub async fn get(&self, sid: &str) -> Result<Option<String>> {
-    let backend = self.backend().await?;
-    let first = self.bounded("get", backend.get(sid, Utc::now())).await;
+    let reads = &self.opened().await?.reads;
+    let first = self.bounded("get", reads.get(sid)).await;
     match first {
-      Err(error) if error.is_connection_lost() => {
-        self.bounded("get", backend.get(sid, Utc::now())).await
-      }
+      Err(error) if error.is_connection_lost() => self.bounded("get", reads.get(sid)).await,
       result => result,
     }
   }
@@ -221,9 +221,16 @@ impl Store {
           .bounded("setup", Backend::open(&self.target, &self.settings))
           .await?;
         let lanes = backend.write_lanes(self.settings.pool.max);
+        let slots = backend.read_slots(self.settings.pool.max);
         let backend = Arc::new(backend);
+        let wait = self.settings.pool.acquire();
+        let reads = ReadQueue::start(Arc::clone(&backend), slots, wait, self.target.label());
         let writes = WriteQueue::start(Arc::clone(&backend), lanes);
-        Ok::<_, StoreError>(Opened { backend, writes })
+        Ok::<_, StoreError>(Opened {
+          backend,
+          reads,
+          writes,
+        })
       })
       .await?;
     // `close()` may have run while the backend was opening, before it could be closed.

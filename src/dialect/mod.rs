@@ -215,6 +215,15 @@ impl Backend {
     }
   }
 
+  /// Returns the stored JSON of several live sessions, in the order of `sids`.
+  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
+    match self {
+      Self::Sqlite(db) => db.get_many(sids, now).await,
+      Self::Postgres(db) => db.get_many(sids, now).await,
+      Self::Mysql(db) => db.get_many(sids, now).await,
+    }
+  }
+
   /// Inserts or replaces a session in one statement.
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     match self {
@@ -279,8 +288,8 @@ impl Backend {
   }
 
   /// Commits a batch of writes and returns each one's result, in order. Several writes go
-  /// into one transaction; when that fails, each is run on its own, so one bad write fails
-  /// only its own call.
+  /// into one transaction. When that fails, or the dialect cannot give each write its own
+  /// count, each is run on its own, so one bad write fails only its own call.
   pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Vec<Result<u64>> {
     if writes.len() > 1 {
       let batched = match self {
@@ -288,7 +297,7 @@ impl Backend {
         Self::Postgres(db) => db.write_batch(writes, now).await,
         Self::Mysql(db) => db.write_batch(writes, now).await,
       };
-      if let Ok(counts) = batched {
+      if let Ok(Some(counts)) = batched {
         return counts.into_iter().map(Ok).collect();
       }
     }
@@ -323,6 +332,15 @@ impl Backend {
     }
   }
 
+  /// Returns how many gets run at once before further ones are batched: on SQLite a query
+  /// costs no round trip, so gets are never batched there.
+  pub fn read_slots(&self, pool_max: Option<u32>) -> usize {
+    match self {
+      Self::Sqlite(_) => usize::MAX,
+      _ => self.write_lanes(pool_max),
+    }
+  }
+
   /// Returns how many write lanes suit the backend: SQLite has a single writer.
   pub fn write_lanes(&self, pool_max: Option<u32>) -> usize {
     match self {
@@ -351,6 +369,13 @@ impl Backend {
       Self::Mysql(db) => db.close().await,
     }
   }
+}
+
+/// Lines the rows found by a multi-row lookup up with the sids of the request, matching
+/// exactly. A sid requested twice in one batch gets the row each time.
+fn in_order(sids: &[String], rows: Vec<(String, String)>) -> Vec<Option<String>> {
+  let found: std::collections::HashMap<String, String> = rows.into_iter().collect();
+  sids.iter().map(|sid| found.get(sid).cloned()).collect()
 }
 
 /// Checks that a table found in the database has the three columns the store uses.

@@ -35,6 +35,10 @@ pub struct Mysql {
   liveness: Liveness,
   /// Multi-row upserts by row count, built on first use.
   batch_sets: Mutex<HashMap<usize, Arc<str>>>,
+  /// Multi-row lookups by sid count, built on first use.
+  batch_gets: Mutex<HashMap<usize, Arc<str>>>,
+  /// Multi-row touches (`true`) and destroys by row count, built on first use.
+  batch_changes: Mutex<HashMap<(bool, usize), Arc<str>>>,
   /// The upsert's `ON DUPLICATE KEY UPDATE` clause, shared by single and multi-row forms.
   on_duplicate: String,
   table: String,
@@ -105,6 +109,8 @@ impl Mysql {
       liveness,
       sql: statements(&names, exact),
       batch_sets: Mutex::new(HashMap::new()),
+      batch_gets: Mutex::new(HashMap::new()),
+      batch_changes: Mutex::new(HashMap::new()),
       on_duplicate: on_duplicate(&names, exact),
       table: names.quoted_table(Quote::Backtick),
       sid: names.quoted_sid(Quote::Backtick),
@@ -121,7 +127,34 @@ impl Mysql {
       .fetch_optional(&self.pool)
       .await
       .map_err(|error| self.fail("get", error))?;
-    row.map(|row| self.sess_of(&row, sid)).transpose()
+    row.map(|row| self.sess_of(&row, sid, 0)).transpose()
+  }
+
+  /// Looks several sids up with one query; the result is in the order of `sids`. Rows are
+  /// matched to sids byte for byte, as `get` compares them.
+  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
+    let sql = self.batch_get(sids.len());
+    let mut query = sqlx::query(&sql);
+    for sid in sids {
+      query = query.bind(sid);
+    }
+    let rows = query
+      .bind(now.naive_utc())
+      .fetch_all(&self.pool)
+      .await
+      .map_err(|error| self.fail("get", error))?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+      let sid: Vec<u8> = row
+        .try_get_unchecked(0)
+        .map_err(|error| self.fail("reading a session", error))?;
+      let Ok(sid) = String::from_utf8(sid) else {
+        continue;
+      };
+      let sess = self.sess_of(row, &sid, 1)?;
+      found.push((sid, sess));
+    }
+    Ok(super::in_order(sids, found))
   }
 
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
@@ -193,7 +226,7 @@ impl Mysql {
       .fetch_all(&self.pool)
       .await
       .map_err(|error| self.fail("all", error))?;
-    rows.iter().map(|row| self.sess_of(row, "")).collect()
+    rows.iter().map(|row| self.sess_of(row, "", 0)).collect()
   }
 
   pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -205,8 +238,15 @@ impl Mysql {
     Ok(done.rows_affected())
   }
 
-  /// Runs the writes in one transaction, each run of sets as one multi-row upsert.
-  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+  /// Runs the writes in one transaction, each run of one kind as one multi-row statement.
+  /// Returns `None` when a run's total does not give each write's count (some of its sids
+  /// matched, some did not). The transaction is then rolled back, and the caller runs the
+  /// writes one by one.
+  pub async fn write_batch(
+    &self,
+    writes: &[PendingWrite],
+    now: DateTime<Utc>,
+  ) -> Result<Option<Vec<u64>>> {
     let fail = |error| self.fail("set", error);
     let runs = runs(writes);
     // One multi-row upsert commits atomically by itself; a transaction would add round trips.
@@ -216,41 +256,114 @@ impl Mysql {
           .set_run(&self.pool, &writes[run.clone()])
           .await
           .map_err(fail)?;
-        return Ok(vec![1; writes.len()]);
+        return Ok(Some(vec![1; writes.len()]));
       }
     }
     let mut tx = self.pool.begin().await.map_err(fail)?;
     let mut counts = Vec::with_capacity(writes.len());
     for run in runs {
       let run = &writes[run];
-      if matches!(run[0].op, WriteOp::Set { .. }) && run.len() > 1 {
-        self.set_run(&mut *tx, run).await.map_err(fail)?;
-        counts.extend(std::iter::repeat_n(1, run.len()));
+      if run.len() > 1 {
+        if matches!(run[0].op, WriteOp::Set { .. }) {
+          self.set_run(&mut *tx, run).await.map_err(fail)?;
+          counts.extend(std::iter::repeat_n(1, run.len()));
+          continue;
+        }
+        // Each sid matches at most one row, so a total of 0 or of the run's length gives
+        // every write's count.
+        let changed = self.change_run(&mut *tx, run, now).await.map_err(fail)?;
+        if changed == 0 {
+          counts.extend(std::iter::repeat_n(0, run.len()));
+        } else if usize::try_from(changed) == Ok(run.len()) {
+          counts.extend(std::iter::repeat_n(1, run.len()));
+        } else {
+          tx.rollback().await.map_err(fail)?;
+          return Ok(None);
+        }
         continue;
       }
-      for write in run {
-        let done = match &write.op {
-          WriteOp::Set { sess, expires } => sqlx::query(&self.sql.set)
-            .bind(&write.sid)
-            .bind(sess)
-            .bind(expires.naive_utc()),
-          WriteOp::Touch { expires } => sqlx::query(&self.sql.touch)
-            .bind(expires.naive_utc())
-            .bind(&write.sid)
-            .bind(&write.sid)
-            .bind(now.naive_utc()),
-          WriteOp::Destroy => sqlx::query(&self.sql.destroy)
-            .bind(&write.sid)
-            .bind(&write.sid),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?;
-        counts.push(done.rows_affected());
+      let write = &run[0];
+      let done = match &write.op {
+        WriteOp::Set { sess, expires } => sqlx::query(&self.sql.set)
+          .bind(&write.sid)
+          .bind(sess)
+          .bind(expires.naive_utc()),
+        WriteOp::Touch { expires } => sqlx::query(&self.sql.touch)
+          .bind(expires.naive_utc())
+          .bind(&write.sid)
+          .bind(&write.sid)
+          .bind(now.naive_utc()),
+        WriteOp::Destroy => sqlx::query(&self.sql.destroy)
+          .bind(&write.sid)
+          .bind(&write.sid),
       }
+      .execute(&mut *tx)
+      .await
+      .map_err(fail)?;
+      counts.push(done.rows_affected());
     }
     tx.commit().await.map_err(fail)?;
-    Ok(counts)
+    Ok(Some(counts))
+  }
+
+  /// Touches or destroys a run of distinct sids in one statement; returns the rows changed.
+  async fn change_run<'c, E>(
+    &self,
+    executor: E,
+    run: &[PendingWrite],
+    now: DateTime<Utc>,
+  ) -> sqlx::Result<u64>
+  where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+  {
+    let touch = matches!(run[0].op, WriteOp::Touch { .. });
+    let sql = self.batch_change(touch, run.len());
+    let mut query = sqlx::query(&sql);
+    if touch {
+      for write in run {
+        if let WriteOp::Touch { expires } = &write.op {
+          query = query.bind(&write.sid).bind(expires.naive_utc());
+        }
+      }
+    }
+    for write in run {
+      query = query.bind(&write.sid);
+    }
+    for write in run {
+      query = query.bind(&write.sid);
+    }
+    if touch {
+      query = query.bind(now.naive_utc());
+    }
+    Ok(query.execute(executor).await?.rows_affected())
+  }
+
+  /// Returns the multi-row touch or destroy of `rows` sids, building it once per row count.
+  fn batch_change(&self, touch: bool, rows: usize) -> Arc<str> {
+    let mut cache = self
+      .batch_changes
+      .lock()
+      .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sql = cache.entry((touch, rows)).or_insert_with(|| {
+      let sid = &self.sid;
+      let table = &self.table;
+      let list = vec!["?"; rows].join(", ");
+      let binary = vec!["CAST(? AS BINARY)"; rows].join(", ");
+      // The IN list uses the primary key, and the binary comparison keeps sids exact under a
+      // case-insensitive collation, as the single-row forms do.
+      let exact = format!("{sid} IN ({list}) AND CAST({sid} AS BINARY) IN ({binary})");
+      if touch {
+        let cases = "WHEN CAST(? AS BINARY) THEN ? ".repeat(rows);
+        format!(
+          "UPDATE {table} SET `expired` = CASE CAST({sid} AS BINARY) {cases}END \
+           WHERE {exact} AND `expired` >= ?"
+        )
+      } else {
+        format!("DELETE FROM {table} WHERE {exact}")
+      }
+      .into()
+    });
+    Arc::clone(sql)
   }
 
   /// Upserts a run of sets with distinct sids in one statement.
@@ -267,6 +380,24 @@ impl Mysql {
     }
     query.execute(executor).await?;
     Ok(())
+  }
+
+  /// Returns the lookup of `sids` sids, building it once per count.
+  fn batch_get(&self, sids: usize) -> Arc<str> {
+    let mut cache = self
+      .batch_gets
+      .lock()
+      .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sql = cache.entry(sids).or_insert_with(|| {
+      let list = vec!["?"; sids].join(", ");
+      format!(
+        "SELECT {sid}, `sess` FROM {} WHERE {sid} IN ({list}) AND `expired` >= ?",
+        self.table,
+        sid = self.sid
+      )
+      .into()
+    });
+    Arc::clone(sql)
   }
 
   /// Returns the upsert of `rows` rows, building it once per row count.
@@ -296,9 +427,9 @@ impl Mysql {
 
   /// Decodes `sess` as bytes: MariaDB reports its JSON type as a binary LONGTEXT and MySQL 8
   /// as JSON, which the checked text decoder rejects.
-  fn sess_of(&self, row: &MySqlRow, sid: &str) -> Result<String> {
+  fn sess_of(&self, row: &MySqlRow, sid: &str, column: usize) -> Result<String> {
     let bytes: Vec<u8> = row
-      .try_get_unchecked(0)
+      .try_get_unchecked(column)
       .map_err(|error| self.fail("reading a session", error))?;
     String::from_utf8(bytes).map_err(|_| StoreError::CorruptRow {
       sid: crate::store::short_sid(sid),

@@ -103,6 +103,17 @@ impl Postgres {
       .map_err(|error| self.fail("get", error))
   }
 
+  /// Looks several sids up with one query; the result is in the order of `sids`.
+  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(&self.batch.get)
+      .bind(sids)
+      .bind(now)
+      .fetch_all(&self.pool)
+      .await
+      .map_err(|error| self.fail("get", error))?;
+    Ok(super::in_order(sids, rows))
+  }
+
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     sqlx::query(&self.sql.set)
       .bind(sid)
@@ -170,7 +181,11 @@ impl Postgres {
 
   /// Runs the writes in one transaction, each run of sets, touches or destroys as one
   /// statement over arrays.
-  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+  pub async fn write_batch(
+    &self,
+    writes: &[PendingWrite],
+    now: DateTime<Utc>,
+  ) -> Result<Option<Vec<u64>>> {
     let fail = |error| self.fail("set", error);
     let runs = runs(writes);
     // One statement commits atomically by itself; a transaction would add two round trips.
@@ -178,6 +193,7 @@ impl Postgres {
       return self
         .write_run(&self.pool, &writes[run.clone()], now)
         .await
+        .map(Some)
         .map_err(fail);
     }
     let mut tx = self.pool.begin().await.map_err(fail)?;
@@ -191,7 +207,7 @@ impl Postgres {
       );
     }
     tx.commit().await.map_err(fail)?;
-    Ok(counts)
+    Ok(Some(counts))
   }
 
   /// Runs one run of same-kind writes with distinct sids as one statement over arrays.
@@ -380,8 +396,9 @@ fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> 
   }
 }
 
-/// Multi-row forms of set, touch and destroy, taking one array per column.
+/// Multi-row forms of get, set, touch and destroy, taking one array per column.
 struct BatchStatements {
+  get: String,
   set: String,
   touch: String,
   destroy: String,
@@ -405,6 +422,11 @@ fn batch_statements(
   };
   let (expires, now) = (at("v.expires"), at("$3::timestamptz"));
   BatchStatements {
+    get: format!(
+      "SELECT {sid}::text, \"sess\"::text FROM {table} \
+       WHERE {sid} = ANY($1::text[]) AND \"expired\" >= {}",
+      at("$2::timestamptz")
+    ),
     set: format!(
       "INSERT INTO {table} ({sid}, \"sess\", \"expired\") \
        SELECT v.sid, {sess}, {expires} \

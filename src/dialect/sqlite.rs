@@ -141,6 +141,15 @@ impl Sqlite {
       .transpose()
   }
 
+  /// Looks several sids up one by one: SQLite reads cost no round trip.
+  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
+    let mut found = Vec::with_capacity(sids.len());
+    for sid in sids {
+      found.push(self.get(sid, now).await?);
+    }
+    Ok(found)
+  }
+
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     sqlx::query(&self.sql.set)
       .bind(sid)
@@ -219,7 +228,11 @@ impl Sqlite {
   }
 
   /// Runs the writes in one transaction: one commit, and one sync of the WAL, for all.
-  pub async fn write_batch(&self, writes: &[PendingWrite], now: DateTime<Utc>) -> Result<Vec<u64>> {
+  pub async fn write_batch(
+    &self,
+    writes: &[PendingWrite],
+    now: DateTime<Utc>,
+  ) -> Result<Option<Vec<u64>>> {
     let fail = |error| self.fail("set", error);
     let mut tx = self.writer.begin().await.map_err(fail)?;
     let mut counts = Vec::with_capacity(writes.len());
@@ -241,7 +254,7 @@ impl Sqlite {
       counts.push(done.rows_affected());
     }
     tx.commit().await.map_err(fail)?;
-    Ok(counts)
+    Ok(Some(counts))
   }
 
   pub fn pool_stats(&self) -> PoolStats {
