@@ -31,6 +31,12 @@ class KnexSessionStore extends Store {
   #cleanupRunning = false;
   /** @type {Map<string, Promise<unknown>>} the last write of each sid that has one in flight */
   #writing = new Map();
+  /**
+   * The commit of the writes made on this thread in the current turn of the event loop, with
+   * the function that settles it. Undefined when no such write is waiting.
+   * @type {{ done: Promise<boolean>, settle: (committed: boolean) => void } | undefined}
+   */
+  #pendingCommit;
   #stats = new StoreStats();
   /** Whether the setup (connect, create or check the table) has succeeded, failed or not ended. */
   #setup = 'pending';
@@ -204,6 +210,8 @@ class KnexSessionStore extends Store {
   close(callback) {
     this.stopDbCleanup();
     if (!this.#closing) {
+      // Writes made on this thread are committed before the connections close.
+      this.#commitNow();
       if (log.enabled) log('closing the pool');
       this.#closing = this.#native.close();
       if (log.enabled) this.#closing.then(() => log('closed'), noop);
@@ -289,25 +297,54 @@ class KnexSessionStore extends Store {
    * @param {string} sid
    * @param {() => T | null} now
    * @param {() => Promise<T>} write
-   * @returns {T | Promise<T>}
+   * @returns {Promise<T>}
    */
   #inOrder(sid, now, write) {
     const previous = this.#writing.get(sid);
     const attempt = () => {
-      const done = now();
-      return done === null ? write() : done;
+      const rows = now();
+      if (rows === null) return write();
+      return this.#committed().then((committed) => (committed ? rows : write()));
     };
-    if (previous === undefined) {
-      const done = now();
-      if (done !== null) return done;
-    }
-    const result = previous === undefined ? write() : previous.then(attempt, attempt);
+    const result = previous === undefined ? attempt() : previous.then(attempt, attempt);
     const settled = result.then(noop, noop);
     this.#writing.set(sid, settled);
     settled.then(() => {
       if (this.#writing.get(sid) === settled) this.#writing.delete(sid);
     });
     return result;
+  }
+
+  /**
+   * Returns a promise of the commit of the writes made on this thread, which runs once the
+   * current turn of the event loop is over, so the writes of one turn share one transaction.
+   * @returns {Promise<boolean>}
+   */
+  #committed() {
+    if (this.#pendingCommit === undefined) {
+      /** @type {(committed: boolean) => void} */
+      let settle = noop;
+      const done = new Promise((resolve) => {
+        settle = resolve;
+      });
+      this.#pendingCommit = { done, settle };
+      setImmediate(() => this.#commitNow());
+    }
+    return this.#pendingCommit.done;
+  }
+
+  /** Commits the writes made on this thread, if any, and settles their promise. */
+  #commitNow() {
+    const pending = this.#pendingCommit;
+    if (pending === undefined) return;
+    this.#pendingCommit = undefined;
+    let committed = false;
+    try {
+      committed = this.#native.commitNow();
+    } catch {
+      // Left to the async forms, which run the writes again and report any error.
+    }
+    pending.settle(committed);
   }
 
   /**

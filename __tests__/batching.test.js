@@ -90,6 +90,25 @@ for (const backend of backends) {
   });
 }
 
+for (const backend of backends) {
+  describe(`${backend.name} close after writes`, { skip: backend.skip }, () => {
+    it('keeps writes started just before close', async () => {
+      const ctx = await openStore(backend);
+      await ctx.store.ready;
+      const writes = [];
+      for (let i = 0; i < 20; i += 1) writes.push(ctx.store.set(`w${i}`, live(i)));
+      // Same turn of the event loop as the writes, before their commit has run. The pause
+      // lets the pool's own close run on its thread before this turn ends.
+      const closed = ctx.store.close();
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+      assert.deepEqual(await Promise.all(writes), Array(20).fill(undefined));
+      await closed;
+      assert.equal(await rawCount(backend, ctx.raw, ctx.tableName), 20);
+      await ctx.cleanup();
+    });
+  });
+}
+
 // A table made by connect-session-knex 5 on MySQL has the server's default collation, which
 // folds case. Batched calls must still treat sids exactly, as single ones do.
 const mysql = backends.find((backend) => backend.name === 'mysql');

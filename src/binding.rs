@@ -140,7 +140,9 @@ impl NativeStore {
 
   // The `*Now` forms run on the JS thread when the database allows it (SQLite files whose lock
   // is free). When they return undefined (get) or null (the writes), the caller uses the async
-  // form, which also reports every error.
+  // form, which also reports every error. Their writes are stored once `commitNow` returns
+  // true. The caller commits at the end of its turn of the event loop, so the writes made in
+  // one turn share a transaction.
 
   /// Returns the stored JSON, null when there is no live session, or undefined.
   #[napi]
@@ -152,24 +154,34 @@ impl NativeStore {
     }
   }
 
-  /// Returns true once the session is stored, or null.
+  /// Returns 1 once the session is written, or null.
   #[napi]
-  pub fn set_now(&self, sid: String, sess: String, expires: f64) -> Option<bool> {
-    self
-      .written(self.store.set_now(sid, sess, expires))
-      .map(|_| true)
+  pub fn set_now(&self, sid: String, sess: String, expires: f64) -> Option<f64> {
+    self.store.set_now(sid, sess, expires).map(count)
   }
 
   /// Returns the rows changed, or null.
   #[napi]
   pub fn touch_now(&self, sid: String, expires: f64) -> Option<f64> {
-    self.written(self.store.touch_now(sid, expires))
+    self.store.touch_now(sid, expires).map(count)
   }
 
   /// Returns the rows deleted, or null.
   #[napi]
   pub fn destroy_now(&self, sid: String) -> Option<f64> {
-    self.written(self.store.destroy_now(sid))
+    self.store.destroy_now(sid).map(count)
+  }
+
+  /// Commits the writes of the `*Now` forms; returns false when they are not stored and must
+  /// run again through the async forms.
+  #[napi]
+  pub fn commit_now(&self) -> bool {
+    let (committed, checkpoint_due) = self.store.commit_now();
+    if checkpoint_due {
+      let store = Arc::clone(&self.store);
+      napi::bindgen_prelude::spawn(async move { store.checkpoint().await });
+    }
+    committed
   }
 
   /// Deletes every session; returns the rows deleted.
@@ -211,18 +223,6 @@ impl NativeStore {
   pub async fn close(&self) -> Result<()> {
     self.store.close().await;
     Ok(())
-  }
-}
-
-impl NativeStore {
-  /// Starts the checkpoint a direct write asked for, and returns its row count.
-  fn written(&self, result: Option<(u64, bool)>) -> Option<f64> {
-    let (rows, checkpoint_due) = result?;
-    if checkpoint_due {
-      let store = Arc::clone(&self.store);
-      napi::bindgen_prelude::spawn(async move { store.checkpoint().await });
-    }
-    Some(count(rows))
   }
 }
 

@@ -70,24 +70,32 @@ impl Store {
     self.direct()?.get(sid, Utc::now())
   }
 
-  // The write forms return the rows changed and whether a WAL checkpoint is due.
+  // The write forms return the rows changed. The write is stored once `commit_now` returns
+  // true. When it returns false, the caller runs the write again through the async form.
 
-  pub fn set_now(&self, sid: String, sess: String, expires_ms: f64) -> Option<(u64, bool)> {
+  pub fn set_now(&self, sid: String, sess: String, expires_ms: f64) -> Option<u64> {
     let expires = instant("expires", expires_ms).ok()?;
     self.write_now(sid, WriteOp::Set { sess, expires })
   }
 
-  pub fn touch_now(&self, sid: String, expires_ms: f64) -> Option<(u64, bool)> {
+  pub fn touch_now(&self, sid: String, expires_ms: f64) -> Option<u64> {
     let expires = instant("expires", expires_ms).ok()?;
     self.write_now(sid, WriteOp::Touch { expires })
   }
 
-  pub fn destroy_now(&self, sid: String) -> Option<(u64, bool)> {
+  pub fn destroy_now(&self, sid: String) -> Option<u64> {
     self.write_now(sid, WriteOp::Destroy)
   }
 
-  fn write_now(&self, sid: String, op: WriteOp) -> Option<(u64, bool)> {
+  fn write_now(&self, sid: String, op: WriteOp) -> Option<u64> {
     self.direct()?.write(&PendingWrite { sid, op }, Utc::now())
+  }
+
+  /// Commits the writes of the `*_now` forms; returns whether they are stored and whether a
+  /// WAL checkpoint is due.
+  pub fn commit_now(&self) -> (bool, bool) {
+    let direct = self.opened.get().and_then(|opened| opened.backend.direct());
+    direct.map_or((false, false), crate::dialect::Direct::commit)
   }
 
   /// Checkpoints the WAL grown by direct writes; errors are left for the next checkpoint.

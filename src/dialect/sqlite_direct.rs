@@ -2,15 +2,17 @@
 //!
 //! A `get` on a SQLite file takes a few microseconds, while handing it to Tokio, then to sqlx's
 //! connection thread and back took about 140 (p50, measured on a two-core machine). So `get`,
-//! `set`, `touch` and `destroy` first try this connection, on the JS thread, as better-sqlite3
-//! does. It never waits, because its busy timeout is zero. When another connection holds the
-//! write lock (a batch of the async writer, another process), the call returns `None` and the
-//! caller takes the async path, which waits for the lock there. Any other failure does the same, so
-//! the async path alone reports errors, with their codes.
+//! `set`, `touch` and `destroy` first try these connections, on the JS thread, as better-sqlite3
+//! does. They never wait for a lock, because their busy timeout is zero. When another
+//! connection holds the write lock (a batch of the async writer, another process), the call
+//! returns `None` and the caller takes the async path, which waits for the lock there. Any
+//! other failure does the same, so the async path alone reports errors, with their codes.
 //!
-//! The connection never checkpoints on its own, because a checkpoint syncs the file and would
-//! block the JS thread for milliseconds. `Direct::write` returns a flag when one is due, and the
-//! caller runs it on the async writer.
+//! Writes join one transaction until the caller commits it at the end of its turn of the
+//! event loop, so the writes of one turn cost one commit. Gets use a second connection and see
+//! only committed sessions. Neither connection checkpoints on its own, because a checkpoint
+//! syncs the file and would block the JS thread for milliseconds. `Direct::commit` returns a
+//! flag when one is due, and the caller runs it on the async writer.
 
 #![forbid(unsafe_code)]
 
@@ -24,8 +26,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{PendingWrite, WriteOp};
 
-/// Commits after which the WAL is checkpointed: about 1,000 WAL pages (SQLite's default
-/// threshold) at an estimated three pages a write.
+/// Writes after which the WAL is checkpointed: about 1,000 WAL pages (SQLite's default
+/// threshold) at an estimated three pages a write, fewer when one transaction has several.
 const CHECKPOINT_EVERY: u32 = 330;
 
 /// The SQL this connection runs, the same text the async pools run.
@@ -39,31 +41,58 @@ pub struct DirectStatements {
 pub struct Direct {
   /// `None` once closed. Only the JS thread uses it, so the lock is never contended but by
   /// `close`.
-  conn: Mutex<Option<Connection>>,
+  conns: Mutex<Option<Connections>>,
   sql: DirectStatements,
-  commits: AtomicU32,
+  /// Writes since the store opened, for spacing checkpoints.
+  writes: AtomicU32,
+}
+
+struct Connections {
+  /// Runs the writes, in a transaction the caller commits at the end of its turn.
+  writer: Connection,
+  /// Runs the gets, outside that transaction, so they see only committed sessions.
+  reader: Connection,
+  batch: Batch,
+}
+
+/// The state of the writer's transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batch {
+  None,
+  Open,
+  /// SQLite rolled the transaction back after a failed statement, so the writes before it
+  /// are undone; `commit` reports that, and no write joins until then.
+  Lost,
 }
 
 impl Direct {
-  /// Opens a second connection to a file whose table was already checked.
+  /// Opens two more connections to a file whose table was already checked.
   pub fn open(path: &Path, sql: DirectStatements) -> rusqlite::Result<Self> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::ZERO)?;
-    // The file is in WAL mode already. NORMAL gives the durability of the async pools.
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
+    let open = || -> rusqlite::Result<Connection> {
+      let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+      let conn = Connection::open_with_flags(path, flags)?;
+      conn.busy_timeout(std::time::Duration::ZERO)?;
+      // The file is in WAL mode already. NORMAL gives the durability of the async pools.
+      conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
+      Ok(conn)
+    };
+    let conns = Connections {
+      writer: open()?,
+      reader: open()?,
+      batch: Batch::None,
+    };
     Ok(Self {
-      conn: Mutex::new(Some(conn)),
+      conns: Mutex::new(Some(conns)),
       sql,
-      commits: AtomicU32::new(0),
+      writes: AtomicU32::new(0),
     })
   }
 
   /// Returns the stored JSON of a live session, `Some(None)` when there is none, or `None`
   /// when the async path must run the call.
   pub fn get(&self, sid: &str, now: DateTime<Utc>) -> Option<Option<String>> {
-    let guard = self.conn.try_lock().ok()?;
-    let conn = guard.as_ref()?;
+    let guard = self.conns.try_lock().ok()?;
+    let conn = &guard.as_ref()?.reader;
     let mut statement = conn.prepare_cached(&self.sql.get).ok()?;
     let mut rows = statement.query((sid, seconds(now))).ok()?;
     let Some(row) = rows.next().ok()? else {
@@ -78,11 +107,22 @@ impl Direct {
     }
   }
 
-  /// Commits one write and returns its row count and whether a checkpoint is due, or `None`
-  /// when the async path must run it.
-  pub fn write(&self, write: &PendingWrite, now: DateTime<Utc>) -> Option<(u64, bool)> {
-    let guard = self.conn.try_lock().ok()?;
-    let conn = guard.as_ref()?;
+  /// Runs one write in the open transaction, beginning one if needed, and returns its row
+  /// count, or `None` when the async path must run it. The write is durable only once
+  /// `commit` returns true.
+  pub fn write(&self, write: &PendingWrite, now: DateTime<Utc>) -> Option<u64> {
+    let mut guard = self.conns.try_lock().ok()?;
+    let conns = guard.as_mut()?;
+    match conns.batch {
+      Batch::Lost => return None,
+      // With a zero busy timeout, a lock held elsewhere fails BEGIN at once.
+      Batch::None => {
+        conns.writer.execute_batch("BEGIN IMMEDIATE").ok()?;
+        conns.batch = Batch::Open;
+      }
+      Batch::Open => {}
+    }
+    let conn = &conns.writer;
     let changed = match &write.op {
       WriteOp::Set { sess, expires } => conn
         .prepare_cached(&self.sql.set)
@@ -93,17 +133,57 @@ impl Direct {
       WriteOp::Destroy => conn
         .prepare_cached(&self.sql.destroy)
         .and_then(|mut statement| statement.execute([&write.sid])),
+    };
+    match changed {
+      Ok(changed) => {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Some(u64::try_from(changed).unwrap_or(u64::MAX))
+      }
+      Err(_) => {
+        // Most failures undo only the statement; some (a full disk, an I/O error) end the
+        // whole transaction.
+        if conn.is_autocommit() {
+          conns.batch = Batch::Lost;
+        }
+        None
+      }
     }
-    .ok()?;
-    let commits = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-    let due = commits.is_multiple_of(CHECKPOINT_EVERY);
-    Some((u64::try_from(changed).unwrap_or(u64::MAX), due))
   }
 
-  /// Closes the connection; later calls report `None`.
+  /// Commits the open transaction. Returns whether the writes run since the last commit are
+  /// stored (when false the caller runs them again on the async path), and whether a
+  /// checkpoint is due.
+  pub fn commit(&self) -> (bool, bool) {
+    let mut guard = self
+      .conns
+      .lock()
+      .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(conns) = guard.as_mut() else {
+      return (false, false);
+    };
+    let batch = std::mem::replace(&mut conns.batch, Batch::None);
+    let committed = match batch {
+      Batch::Open => {
+        let committed = conns.writer.execute_batch("COMMIT").is_ok();
+        if !conns.writer.is_autocommit() {
+          let _ = conns.writer.execute_batch("ROLLBACK");
+        }
+        committed
+      }
+      Batch::Lost => false,
+      Batch::None => true,
+    };
+    let due = self.writes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
+    if due {
+      self.writes.store(0, Ordering::Relaxed);
+    }
+    (committed, due)
+  }
+
+  /// Closes the connections, rolling back writes not committed; later calls return `None`.
   pub fn close(&self) {
     let mut guard = self
-      .conn
+      .conns
       .lock()
       .unwrap_or_else(std::sync::PoisonError::into_inner);
     guard.take();
@@ -162,16 +242,49 @@ mod tests {
   fn write_then_read_round_trips() {
     let (path, _other) = file();
     let direct = Direct::open(&path, statements()).expect("direct");
-    assert_eq!(direct.write(&set("a"), Utc::now()).map(|(n, _)| n), Some(1));
+    assert_eq!(direct.write(&set("a"), Utc::now()), Some(1));
+    assert_eq!(direct.commit(), (true, false));
     assert_eq!(direct.get("a", Utc::now()), Some(Some("{\"n\":1}".into())));
     assert_eq!(direct.get("b", Utc::now()), Some(None));
     let destroy = PendingWrite {
       sid: "a".into(),
       op: WriteOp::Destroy,
     };
-    assert_eq!(direct.write(&destroy, Utc::now()).map(|(n, _)| n), Some(1));
+    assert_eq!(direct.write(&destroy, Utc::now()), Some(1));
+    assert_eq!(direct.commit(), (true, false));
     direct.close();
     assert_eq!(direct.get("a", Utc::now()), None);
+    std::fs::remove_file(&path).ok();
+  }
+
+  #[test]
+  fn get_sees_committed_writes_only() {
+    let (path, other) = file();
+    let direct = Direct::open(&path, statements()).expect("direct");
+    assert_eq!(direct.write(&set("a"), Utc::now()), Some(1));
+    assert_eq!(direct.get("a", Utc::now()), Some(None));
+    let count = |conn: &Connection| -> i64 {
+      conn
+        .query_row("SELECT count(*) FROM s", [], |row| row.get(0))
+        .expect("count")
+    };
+    assert_eq!(count(&other), 0);
+    assert_eq!(direct.commit(), (true, false));
+    assert_eq!(count(&other), 1);
+    std::fs::remove_file(&path).ok();
+  }
+
+  #[test]
+  fn close_rolls_back_uncommitted_writes() {
+    let (path, other) = file();
+    let direct = Direct::open(&path, statements()).expect("direct");
+    assert_eq!(direct.write(&set("a"), Utc::now()), Some(1));
+    direct.close();
+    assert_eq!(direct.commit(), (false, false));
+    let count: i64 = other
+      .query_row("SELECT count(*) FROM s", [], |row| row.get(0))
+      .expect("count");
+    assert_eq!(count, 0);
     std::fs::remove_file(&path).ok();
   }
 
@@ -184,7 +297,8 @@ mod tests {
     // Readers are not blocked by a writer in WAL mode.
     assert_eq!(direct.get("a", Utc::now()), Some(None));
     other.execute_batch("COMMIT").expect("unlock");
-    assert!(direct.write(&set("a"), Utc::now()).is_some());
+    assert_eq!(direct.write(&set("a"), Utc::now()), Some(1));
+    assert_eq!(direct.commit(), (true, false));
     std::fs::remove_file(&path).ok();
   }
 }
