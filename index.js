@@ -12,6 +12,8 @@ const { StoreStats, OP } = require('./lib/stats');
 
 /** Maximum sid length, in characters, of the `varchar(255)` column. */
 const MAX_SID_LENGTH = 255;
+/** The message of ERR_STORE_CLOSED, the same as the native one. */
+const CLOSED_MESSAGE = 'the store is closed: create a new store to use the database again';
 
 const noop = () => {};
 
@@ -31,6 +33,18 @@ class KnexSessionStore extends Store {
   #cleanupRunning = false;
   /** @type {Map<string, Promise<unknown>>} the last write of each sid that has one in flight */
   #writing = new Map();
+  /** Calls started and not yet settled, which close() lets finish. */
+  #running = 0;
+  /** @type {(() => void) | undefined} settles close()'s wait for running calls */
+  #whenIdle;
+  /** Counts a call as settled, and lets close() go on once none is running. */
+  #settled = () => {
+    this.#running -= 1;
+    if (this.#running === 0 && this.#whenIdle !== undefined) {
+      this.#whenIdle();
+      this.#whenIdle = undefined;
+    }
+  };
   /**
    * The commit of the writes made on this thread in the current turn of the event loop, with
    * the function that settles it. Undefined when no such write is waiting.
@@ -210,10 +224,20 @@ class KnexSessionStore extends Store {
   close(callback) {
     this.stopDbCleanup();
     if (!this.#closing) {
-      // Writes made on this thread are committed before the connections close.
-      this.#commitNow();
-      if (log.enabled) log('closing the pool');
-      this.#closing = this.#native.close();
+      // Calls started before close() finish, and those started after it fail, whatever
+      // order their native tasks run in.
+      const idle =
+        this.#running === 0
+          ? Promise.resolve()
+          : new Promise((resolve) => {
+              this.#whenIdle = () => resolve(undefined);
+            });
+      this.#closing = idle.then(() => {
+        // Writes made on this thread are committed before the connections close.
+        this.#commitNow();
+        if (log.enabled) log('closing the pool');
+        return this.#native.close();
+      });
       if (log.enabled) this.#closing.then(() => log('closed'), noop);
     }
     const closing = this.#closing;
@@ -253,9 +277,13 @@ class KnexSessionStore extends Store {
    */
   #run(op, sid, callback, work) {
     const started = performance.now();
+    const closed = op >= 0 && this.#closing !== undefined;
+    const counted = op >= 0 && !closed;
+    if (counted) this.#running += 1;
     const promise = (async () => {
       let value;
       try {
+        if (closed) throw codedError('ERR_STORE_CLOSED', CLOSED_MESSAGE);
         value = await work();
       } catch (error) {
         const coded = fromNative(error);
@@ -275,6 +303,7 @@ class KnexSessionStore extends Store {
       }
       return value;
     })();
+    if (counted) promise.then(this.#settled, this.#settled);
     if (typeof callback !== 'function') return promise;
     return promise.then(
       (value) => {
@@ -513,6 +542,15 @@ function checkSid(sid) {
   }
   if (sid.includes('\0')) {
     throw codedError('ERR_INVALID_ARGUMENT', 'sid must not contain NUL characters', TypeError);
+  }
+  // The addon receives strings as UTF-8, where every lone surrogate becomes U+FFFD, so
+  // 'x\uD800' and 'x\uDBFF' would name one session.
+  if (!sid.isWellFormed()) {
+    throw codedError(
+      'ERR_INVALID_ARGUMENT',
+      'sid must not contain lone surrogates (UTF-16 halves without their pair)',
+      TypeError,
+    );
   }
 }
 

@@ -24,6 +24,18 @@ const cases = [
     kind: RangeError,
   },
   { title: 'sid with NUL', call: (s) => s.set('a\0b', live), code: 'ERR_INVALID_ARGUMENT', kind: TypeError },
+  {
+    title: 'sid with a lone surrogate',
+    call: (s) => s.set('x\uD800', live),
+    code: 'ERR_INVALID_ARGUMENT',
+    kind: TypeError,
+  },
+  {
+    title: 'destroy of a sid with a lone surrogate',
+    call: (s) => s.destroy('x\uDFFF'),
+    code: 'ERR_INVALID_ARGUMENT',
+    kind: TypeError,
+  },
   { title: 'null session', call: (s) => s.set('bad-null', null), code: 'ERR_INVALID_ARGUMENT', kind: TypeError },
   { title: 'string session', call: (s) => s.set('bad-string', '{}'), code: 'ERR_INVALID_ARGUMENT', kind: TypeError },
   { title: 'array session', call: (s) => s.set('bad-array', []), code: 'ERR_INVALID_ARGUMENT', kind: TypeError },

@@ -3,6 +3,7 @@
 // Calls started together, which the store may serve with one query per batch: gets of many
 // sids (one multi-row lookup on PostgreSQL and MySQL), and touches and destroys of many sids
 // (multi-row statements). Each call must still get its own row and its own count.
+const fs = require('node:fs');
 const { describe, it, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
@@ -91,10 +92,36 @@ for (const backend of backends) {
 }
 
 for (const backend of backends) {
-  describe(`${backend.name} close after writes`, { skip: backend.skip }, () => {
-    it('keeps writes started just before close', async () => {
-      const ctx = await openStore(backend);
+  describe(`${backend.name} close while calls run`, { skip: backend.skip }, () => {
+    let ctx;
+    beforeEach(async () => {
+      ctx = await openStore(backend);
       await ctx.store.ready;
+    });
+    // A failed check must not leave the raw connection open, or the test process never exits.
+    afterEach(() => ctx.cleanup());
+
+    it('settles calls by their order around close', async () => {
+      const before = [];
+      const after = [];
+      for (let i = 0; i < 300; i += 1) before.push(ctx.store.set(`b${i}`, live(i)), ctx.store.get(`b${i}`));
+      const closed = ctx.store.close();
+      for (let i = 0; i < 300; i += 1) after.push(ctx.store.set(`a${i}`, live(i)), ctx.store.get(`a${i}`));
+      const settledAfter = Promise.allSettled(after);
+      const failedBefore = (await Promise.allSettled(before)).filter((result) => result.status === 'rejected');
+      assert.deepEqual(
+        failedBefore.map((result) => result.reason.code),
+        [],
+      );
+      const notClosed = (await settledAfter).filter(
+        (result) => result.status !== 'rejected' || result.reason.code !== 'ERR_STORE_CLOSED',
+      );
+      assert.equal(notClosed.length, 0, `${notClosed.length} calls after close did not fail with ERR_STORE_CLOSED`);
+      await closed;
+      assert.equal(await rawCount(backend, ctx.raw, ctx.tableName), 300);
+    });
+
+    it('keeps writes started just before close', async () => {
       const writes = [];
       for (let i = 0; i < 20; i += 1) writes.push(ctx.store.set(`w${i}`, live(i)));
       // Same turn of the event loop as the writes, before their commit has run. The pause
@@ -104,10 +131,36 @@ for (const backend of backends) {
       assert.deepEqual(await Promise.all(writes), Array(20).fill(undefined));
       await closed;
       assert.equal(await rawCount(backend, ctx.raw, ctx.tableName), 20);
-      await ctx.cleanup();
     });
   });
 }
+
+describe('sqlite write-ahead log', () => {
+  it('stays bounded under steady writes', async () => {
+    const sqlite = backends.find((backend) => backend.name === 'sqlite');
+    const ctx = await openStore(sqlite);
+    await ctx.store.ready;
+    const wal = `${ctx.url.replace(/^sqlite:\/\//, '')}-wal`;
+    let largest = 0;
+    // 16 callers in turn, each writing and reading its sessions, as a busy server does.
+    const worker = async (w) => {
+      for (let i = 0; i < 1500; i += 1) {
+        const sid = `wal${w}_${i % 50}`;
+        await ctx.store.set(sid, live(i));
+        await ctx.store.get(sid);
+        if (i % 100 === 0) largest = Math.max(largest, fs.statSync(wal).size);
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: 16 }, (_, w) => worker(w)));
+      largest = Math.max(largest, fs.statSync(wal).size);
+    } finally {
+      await ctx.cleanup();
+    }
+    // 24,000 writes without a checkpoint that restarts the log leave it at about 100 MB.
+    assert.ok(largest < 16 * 1024 * 1024, `the -wal file reached ${largest} bytes`);
+  });
+});
 
 // A table made by connect-session-knex 5 on MySQL has the server's default collation, which
 // folds case. Batched calls must still treat sids exactly, as single ones do.

@@ -23,6 +23,8 @@ pub struct Store {
   settings: Settings,
   opened: OnceCell<Opened>,
   closed: AtomicBool,
+  /// True while a WAL checkpoint runs.
+  checkpointing: AtomicBool,
 }
 
 /// An open backend with the read slots and write lanes that feed it.
@@ -42,6 +44,7 @@ impl Store {
       settings,
       opened: OnceCell::new(),
       closed: AtomicBool::new(false),
+      checkpointing: AtomicBool::new(false),
     })
   }
 
@@ -88,6 +91,11 @@ impl Store {
   }
 
   fn write_now(&self, sid: String, op: WriteOp) -> Option<u64> {
+    // A checkpoint needs the write lock for a moment. Direct writes, which take it on every
+    // turn of the event loop, starved it, so they go through the async writer meanwhile.
+    if self.checkpointing.load(Ordering::Acquire) {
+      return None;
+    }
     self.direct()?.write(&PendingWrite { sid, op }, Utc::now())
   }
 
@@ -95,16 +103,20 @@ impl Store {
   /// WAL checkpoint is due.
   pub fn commit_now(&self) -> (bool, bool) {
     let direct = self.opened.get().and_then(|opened| opened.backend.direct());
-    direct.map_or((false, false), crate::dialect::Direct::commit)
+    let (committed, due) = direct.map_or((false, false), crate::dialect::Direct::commit);
+    let start = due && !self.checkpointing.swap(true, Ordering::AcqRel);
+    (committed, start)
   }
 
-  /// Checkpoints the WAL grown by direct writes; errors are left for the next checkpoint.
+  /// Checkpoints the WAL grown by direct writes, after `commit_now` asked for it. Errors are
+  /// left for the next checkpoint.
   pub async fn checkpoint(&self) {
     if let Some(opened) = self.opened.get() {
       if !self.closed.load(Ordering::Acquire) {
         let _ = opened.backend.checkpoint().await;
       }
     }
+    self.checkpointing.store(false, Ordering::Release);
   }
 
   fn direct(&self) -> Option<&crate::dialect::Direct> {

@@ -25,6 +25,10 @@ use crate::schema::{Quote, TableNames};
 /// Readers opened by default beside the single writer.
 const DEFAULT_READERS: u32 = 4;
 
+/// Bytes the WAL file is cut back to when it starts over, so a burst does not leave a large
+/// file behind.
+pub(super) const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// How long a write waits for another process's lock on the file before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,7 +58,8 @@ impl Sqlite {
       // the last commits but never corrupts the file.
       options = options
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal);
+        .synchronous(SqliteSynchronous::Normal)
+        .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
     }
     let setup_error = |error| match error {
       Setup::Sql(error) => StoreError::from_sqlx("creating the table", label, error),
@@ -270,10 +275,12 @@ impl Sqlite {
     self.direct.as_ref()
   }
 
-  /// Copies WAL pages written by the direct connection into the file, on the async writer,
-  /// without waiting for readers or blocking writers.
+  /// Copies the WAL written by the direct connection into the file, on the async writer.
+  /// RESTART holds the write lock until the copy is done and readers have left the WAL, so
+  /// the next write starts the WAL over. A passive checkpoint beside ongoing writes never
+  /// gets that far, and the WAL grew without bound.
   pub async fn checkpoint(&self) -> Result<()> {
-    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+    sqlx::query("PRAGMA wal_checkpoint(RESTART)")
       .execute(&self.writer)
       .await
       .map_err(|error| self.fail("checkpoint", error))?;

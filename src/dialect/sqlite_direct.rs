@@ -73,7 +73,11 @@ impl Direct {
       let conn = Connection::open_with_flags(path, flags)?;
       conn.busy_timeout(std::time::Duration::ZERO)?;
       // The file is in WAL mode already. NORMAL gives the durability of the async pools.
-      conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
+      conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA journal_size_limit = {};",
+        super::sqlite::JOURNAL_SIZE_LIMIT
+      ))?;
       Ok(conn)
     };
     let conns = Connections {
@@ -113,15 +117,15 @@ impl Direct {
   pub fn write(&self, write: &PendingWrite, now: DateTime<Utc>) -> Option<u64> {
     let mut guard = self.conns.try_lock().ok()?;
     let conns = guard.as_mut()?;
-    match conns.batch {
+    let began = match conns.batch {
       Batch::Lost => return None,
       // With a zero busy timeout, a lock held elsewhere fails BEGIN at once.
       Batch::None => {
         conns.writer.execute_batch("BEGIN IMMEDIATE").ok()?;
-        conns.batch = Batch::Open;
+        true
       }
-      Batch::Open => {}
-    }
+      Batch::Open => false,
+    };
     let conn = &conns.writer;
     let changed = match &write.op {
       WriteOp::Set { sess, expires } => conn
@@ -136,12 +140,21 @@ impl Direct {
     };
     match changed {
       Ok(changed) => {
+        conns.batch = Batch::Open;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Some(u64::try_from(changed).unwrap_or(u64::MAX))
       }
+      // The transaction holds nothing yet: end it, or the write lock would stay taken with
+      // no commit coming.
+      Err(_) if began => {
+        if !conn.is_autocommit() {
+          let _ = conn.execute_batch("ROLLBACK");
+        }
+        None
+      }
       Err(_) => {
         // Most failures undo only the statement; some (a full disk, an I/O error) end the
-        // whole transaction.
+        // whole transaction, and the writes before it with it.
         if conn.is_autocommit() {
           conns.batch = Batch::Lost;
         }
@@ -285,6 +298,18 @@ mod tests {
       .query_row("SELECT count(*) FROM s", [], |row| row.get(0))
       .expect("count");
     assert_eq!(count, 0);
+    std::fs::remove_file(&path).ok();
+  }
+
+  #[test]
+  fn failed_first_write_frees_lock() {
+    let (path, other) = file();
+    let direct = Direct::open(&path, statements()).expect("direct");
+    other.execute_batch("DROP TABLE s").expect("drop");
+    assert_eq!(direct.write(&set("a"), Utc::now()), None);
+    other
+      .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+      .expect("lock is free");
     std::fs::remove_file(&path).ok();
   }
 
