@@ -26,9 +26,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{PendingWrite, WriteOp};
 
-/// Writes after which the WAL is checkpointed: about 1,000 WAL pages (SQLite's default
-/// threshold) at an estimated three pages a write, fewer when one transaction has several.
-const CHECKPOINT_EVERY: u32 = 330;
+/// Writes after which the WAL is checkpointed. Writes made during a checkpoint take the slower
+/// async path, so checkpoints every 330 writes (about SQLite's default of 1,000 pages) gave
+/// p99 latencies near 10 ms at 16 calls in flight; at 2,000 they were 0.4-2.4 ms, with a WAL of
+/// about 8 MB.
+const CHECKPOINT_EVERY: u32 = 2000;
 
 /// The SQL this connection runs, the same text the async pools run.
 pub struct DirectStatements {
