@@ -1,7 +1,7 @@
 'use strict';
 
 // Calls started together, which the store may serve with one query per batch: gets of many
-// sids (one multi-row lookup on PostgreSQL and MySQL), and touches and destroys of many sids
+// sids (one multi-row lookup on MySQL), and touches and destroys of many sids
 // (multi-row statements). Each call must still get its own row and its own count.
 const fs = require('node:fs');
 const { describe, it, beforeEach, afterEach } = require('node:test');
