@@ -33,12 +33,8 @@ pub struct Mysql {
   pool: MySqlPool,
   sql: Statements,
   liveness: Liveness,
-  /// Multi-row upserts by row count, built on first use.
-  batch_sets: Mutex<HashMap<usize, Arc<str>>>,
-  /// Multi-row lookups by sid count, built on first use.
-  batch_gets: Mutex<HashMap<usize, Arc<str>>>,
-  /// Multi-row touches (`true`) and destroys by row count, built on first use.
-  batch_changes: Mutex<HashMap<(bool, usize), Arc<str>>>,
+  /// Multi-row statements by kind and row count, built on first use.
+  batch_sql: Mutex<HashMap<(Batch, usize), Arc<str>>>,
   /// The upsert's `ON DUPLICATE KEY UPDATE` clause, shared by single and multi-row forms.
   on_duplicate: String,
   table: String,
@@ -46,6 +42,15 @@ pub struct Mysql {
   /// True when the upsert carries the sid-collision guard of `on_duplicate`.
   sid_guarded: bool,
   label: String,
+}
+
+/// The kinds of multi-row statement.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Batch {
+  Get,
+  Set,
+  Touch,
+  Destroy,
 }
 
 impl Mysql {
@@ -108,9 +113,7 @@ impl Mysql {
       pool,
       liveness,
       sql: statements(&names, exact),
-      batch_sets: Mutex::new(HashMap::new()),
-      batch_gets: Mutex::new(HashMap::new()),
-      batch_changes: Mutex::new(HashMap::new()),
+      batch_sql: Mutex::new(HashMap::new()),
       on_duplicate: on_duplicate(&names, exact),
       table: names.quoted_table(Quote::Backtick),
       sid: names.quoted_sid(Quote::Backtick),
@@ -133,7 +136,7 @@ impl Mysql {
   /// Looks several sids up with one query; the result is in the order of `sids`. Rows are
   /// matched to sids byte for byte, as `get` compares them.
   pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
-    let sql = self.batch_get(sids.len());
+    let sql = self.batch_sql(Batch::Get, sids.len());
     let mut query = sqlx::query(&sql);
     for sid in sids {
       query = query.bind(sid);
@@ -317,7 +320,8 @@ impl Mysql {
     E: sqlx::Executor<'c, Database = sqlx::MySql>,
   {
     let touch = matches!(run[0].op, WriteOp::Touch { .. });
-    let sql = self.batch_change(touch, run.len());
+    let kind = if touch { Batch::Touch } else { Batch::Destroy };
+    let sql = self.batch_sql(kind, run.len());
     let mut query = sqlx::query(&sql);
     if touch {
       for write in run {
@@ -338,40 +342,12 @@ impl Mysql {
     Ok(query.execute(executor).await?.rows_affected())
   }
 
-  /// Returns the multi-row touch or destroy of `rows` sids, building it once per row count.
-  fn batch_change(&self, touch: bool, rows: usize) -> Arc<str> {
-    let mut cache = self
-      .batch_changes
-      .lock()
-      .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let sql = cache.entry((touch, rows)).or_insert_with(|| {
-      let sid = &self.sid;
-      let table = &self.table;
-      let list = vec!["?"; rows].join(", ");
-      let binary = vec!["CAST(? AS BINARY)"; rows].join(", ");
-      // The IN list uses the primary key, and the binary comparison keeps sids exact under a
-      // case-insensitive collation, as the single-row forms do.
-      let exact = format!("{sid} IN ({list}) AND CAST({sid} AS BINARY) IN ({binary})");
-      if touch {
-        let cases = "WHEN CAST(? AS BINARY) THEN ? ".repeat(rows);
-        format!(
-          "UPDATE {table} SET `expired` = CASE CAST({sid} AS BINARY) {cases}END \
-           WHERE {exact} AND `expired` >= ?"
-        )
-      } else {
-        format!("DELETE FROM {table} WHERE {exact}")
-      }
-      .into()
-    });
-    Arc::clone(sql)
-  }
-
   /// Upserts a run of sets with distinct sids in one statement.
   async fn set_run<'c, E>(&self, executor: E, run: &[PendingWrite]) -> sqlx::Result<()>
   where
     E: sqlx::Executor<'c, Database = sqlx::MySql>,
   {
-    let sql = self.batch_set(run.len());
+    let sql = self.batch_sql(Batch::Set, run.len());
     let mut query = sqlx::query(&sql);
     for write in run {
       if let WriteOp::Set { sess, expires } = &write.op {
@@ -382,36 +358,40 @@ impl Mysql {
     Ok(())
   }
 
-  /// Returns the lookup of `sids` sids, building it once per count.
-  fn batch_get(&self, sids: usize) -> Arc<str> {
+  /// Returns the multi-row statement of `kind` for `rows` rows, building it once per kind and
+  /// row count.
+  fn batch_sql(&self, kind: Batch, rows: usize) -> Arc<str> {
     let mut cache = self
-      .batch_gets
+      .batch_sql
       .lock()
       .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let sql = cache.entry(sids).or_insert_with(|| {
-      let list = vec!["?"; sids].join(", ");
-      format!(
-        "SELECT {sid}, `sess` FROM {} WHERE {sid} IN ({list}) AND `expired` >= ?",
-        self.table,
-        sid = self.sid
-      )
-      .into()
-    });
-    Arc::clone(sql)
-  }
-
-  /// Returns the upsert of `rows` rows, building it once per row count.
-  fn batch_set(&self, rows: usize) -> Arc<str> {
-    let mut cache = self
-      .batch_sets
-      .lock()
-      .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let sql = cache.entry(rows).or_insert_with(|| {
-      let values = vec!["(?, ?, ?)"; rows].join(", ");
-      format!(
-        "INSERT INTO {} ({}, `sess`, `expired`) VALUES {values} {}",
-        self.table, self.sid, self.on_duplicate
-      )
+    let sql = cache.entry((kind, rows)).or_insert_with(|| {
+      let (table, sid) = (&self.table, &self.sid);
+      let list = vec!["?"; rows].join(", ");
+      // The IN list uses the primary key, and the binary comparison keeps sids exact under a
+      // case-insensitive collation, as the single-row forms do.
+      let binary = vec!["CAST(? AS BINARY)"; rows].join(", ");
+      let exact = format!("{sid} IN ({list}) AND CAST({sid} AS BINARY) IN ({binary})");
+      match kind {
+        Batch::Get => {
+          format!("SELECT {sid}, `sess` FROM {table} WHERE {sid} IN ({list}) AND `expired` >= ?")
+        }
+        Batch::Set => {
+          let values = vec!["(?, ?, ?)"; rows].join(", ");
+          format!(
+            "INSERT INTO {table} ({sid}, `sess`, `expired`) VALUES {values} {}",
+            self.on_duplicate
+          )
+        }
+        Batch::Touch => {
+          let cases = "WHEN CAST(? AS BINARY) THEN ? ".repeat(rows);
+          format!(
+            "UPDATE {table} SET `expired` = CASE CAST({sid} AS BINARY) {cases}END \
+             WHERE {exact} AND `expired` >= ?"
+          )
+        }
+        Batch::Destroy => format!("DELETE FROM {table} WHERE {exact}"),
+      }
       .into()
     });
     Arc::clone(sql)

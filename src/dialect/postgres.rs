@@ -103,17 +103,6 @@ impl Postgres {
       .map_err(|error| self.fail("get", error))
   }
 
-  /// Looks several sids up with one query; the result is in the order of `sids`.
-  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(&self.batch.get)
-      .bind(sids)
-      .bind(now)
-      .fetch_all(&self.pool)
-      .await
-      .map_err(|error| self.fail("get", error))?;
-    Ok(super::in_order(sids, rows))
-  }
-
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     sqlx::query(&self.sql.set)
       .bind(sid)
@@ -396,9 +385,8 @@ fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> 
   }
 }
 
-/// Multi-row forms of get, set, touch and destroy, taking one array per column.
+/// Multi-row forms of set, touch and destroy, taking one array per column.
 struct BatchStatements {
-  get: String,
   set: String,
   touch: String,
   destroy: String,
@@ -422,11 +410,6 @@ fn batch_statements(
   };
   let (expires, now) = (at("v.expires"), at("$3::timestamptz"));
   BatchStatements {
-    get: format!(
-      "SELECT {sid}::text, \"sess\"::text FROM {table} \
-       WHERE {sid} = ANY($1::text[]) AND \"expired\" >= {}",
-      at("$2::timestamptz")
-    ),
     set: format!(
       "INSERT INTO {table} ({sid}, \"sess\", \"expired\") \
        SELECT v.sid, {sess}, {expires} \

@@ -146,15 +146,6 @@ impl Sqlite {
       .transpose()
   }
 
-  /// Looks several sids up one by one: SQLite reads cost no round trip.
-  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
-    let mut found = Vec::with_capacity(sids.len());
-    for sid in sids {
-      found.push(self.get(sid, now).await?);
-    }
-    Ok(found)
-  }
-
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     sqlx::query(&self.sql.set)
       .bind(sid)
