@@ -292,17 +292,21 @@ async fn create_table(
        \"sess\" json NOT NULL, \"expired\" timestamptz NOT NULL)"
     )
   };
-  if let Err(error) = sqlx::query(&ddl).execute(&mut *conn).await {
-    // Two processes creating the table at once: the loser gets a unique violation on the
-    // catalog, and the table is there all the same.
-    let raced = error
-      .as_database_error()
-      .is_some_and(|db| db.is_unique_violation());
-    if !raced {
-      return Err(error);
-    }
+  match sqlx::query(&ddl).execute(&mut *conn).await {
+    Err(error) if !lost_creation_race(&error) => Err(error),
+    _ => Ok(()),
   }
-  Ok(())
+}
+
+/// Returns whether `error` reports that another connection created the object between the
+/// `IF NOT EXISTS` check and the catalog insert. By timing, PostgreSQL raises a unique violation
+/// on its catalog (23505), `relation ... already exists` (42P07) or `type ... already exists`
+/// (42710). The column check that follows confirms that the table is there.
+fn lost_creation_race(error: &sqlx::Error) -> bool {
+  error
+    .as_database_error()
+    .and_then(|db| db.code())
+    .is_some_and(|code| matches!(code.as_ref(), "23505" | "42P07" | "42710"))
 }
 
 /// Returns the columns of the table with their types, or nothing when the table is missing.
