@@ -217,15 +217,18 @@ impl Backend {
 
   /// Returns the stored JSON of several live sessions, in the order of `sids`.
   pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
-    if let Self::Mysql(db) = self {
-      return db.get_many(sids, now).await;
+    match self {
+      Self::Postgres(db) => db.get_many(sids, now).await,
+      Self::Mysql(db) => db.get_many(sids, now).await,
+      // SQLite is never batched (see `read_slots`), so this only keeps the call total.
+      Self::Sqlite(_) => {
+        let mut found = Vec::with_capacity(sids.len());
+        for sid in sids {
+          found.push(self.get(sid, now).await?);
+        }
+        Ok(found)
+      }
     }
-    // The other dialects are never batched (see `read_slots`); this keeps the call total.
-    let mut found = Vec::with_capacity(sids.len());
-    for sid in sids {
-      found.push(self.get(sid, now).await?);
-    }
-    Ok(found)
   }
 
   /// Inserts or replaces a session in one statement.
@@ -340,11 +343,8 @@ impl Backend {
   /// batching off. On SQLite a query costs no round trip, so gets are never batched there.
   pub fn read_slots(&self, pool_max: Option<u32>) -> usize {
     match self {
-      Self::Mysql(_) => self.write_lanes(pool_max),
-      // NOTE: a batched PostgreSQL lookup (one `= ANY($1)` query) was 2x faster in short runs
-      // but took ~3.5 ms at 16 in flight in the 10,000-session benchmark. The cause was not
-      // found, so PostgreSQL reads one sid per query.
-      Self::Sqlite(_) | Self::Postgres(_) => usize::MAX,
+      Self::Postgres(_) | Self::Mysql(_) => self.write_lanes(pool_max),
+      Self::Sqlite(_) => usize::MAX,
     }
   }
 

@@ -103,6 +103,18 @@ impl Postgres {
       .map_err(|error| self.fail("get", error))
   }
 
+  /// Looks several sids up with one query; the result is in the order of `sids`.
+  pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(&self.batch.get)
+      .persistent(false)
+      .bind(sids)
+      .bind(now)
+      .fetch_all(&self.pool)
+      .await
+      .map_err(|error| self.fail("get", error))?;
+    Ok(super::in_order(sids, rows))
+  }
+
   pub async fn set(&self, sid: &str, sess: &str, expires: DateTime<Utc>) -> Result<()> {
     sqlx::query(&self.sql.set)
       .bind(sid)
@@ -159,8 +171,10 @@ impl Postgres {
       .map_err(|error| self.fail("all", error))
   }
 
+  /// Deletes expired rows. Unprepared, so each run is planned for the table as it is then.
   pub async fn delete_expired(&self, now: DateTime<Utc>) -> Result<u64> {
     let done = sqlx::query(&self.sql.delete_expired)
+      .persistent(false)
       .bind(now)
       .execute(&self.pool)
       .await
@@ -237,6 +251,7 @@ impl Postgres {
           })
           .collect();
         sqlx::query_scalar(&self.batch.touch)
+          .persistent(false)
           .bind(&sids)
           .bind(&expiries)
           .bind(now)
@@ -245,6 +260,7 @@ impl Postgres {
       }
       WriteOp::Destroy => {
         sqlx::query_scalar(&self.batch.destroy)
+          .persistent(false)
           .bind(&sids)
           .fetch_all(executor)
           .await?
@@ -389,8 +405,13 @@ fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> 
   }
 }
 
-/// Multi-row forms of set, touch and destroy, taking one array per column.
+/// Multi-row forms of get, set, touch and destroy, taking one array per column.
+///
+/// All but `set` run unprepared, so PostgreSQL plans each run for its own sids. After five runs
+/// a prepared statement may switch to a cached generic plan (see `plan_cache_mode` in the
+/// PostgreSQL manual), and one made while the table was nearly empty scans the whole table.
 struct BatchStatements {
+  get: String,
   set: String,
   touch: String,
   destroy: String,
@@ -414,6 +435,11 @@ fn batch_statements(
   };
   let (expires, now) = (at("v.expires"), at("$3::timestamptz"));
   BatchStatements {
+    get: format!(
+      "SELECT {sid}::text, \"sess\"::text FROM {table} \
+       WHERE {sid} = ANY($1::text[]) AND \"expired\" >= {}",
+      at("$2::timestamptz")
+    ),
     set: format!(
       "INSERT INTO {table} ({sid}, \"sess\", \"expired\") \
        SELECT v.sid, {sess}, {expires} \
