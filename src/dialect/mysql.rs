@@ -41,6 +41,9 @@ pub struct Mysql {
   sid: String,
   /// True when the upsert carries the sid-collision guard of `on_duplicate`.
   sid_guarded: bool,
+  /// True on MariaDB, whose `DELETE ... RETURNING` gives each destroy of a batch its count.
+  /// MySQL 8 has no `RETURNING`, so a batch there runs in a transaction and counts the total.
+  delete_returning: bool,
   label: String,
 }
 
@@ -51,6 +54,7 @@ enum Batch {
   Set,
   Touch,
   Destroy,
+  DeleteReturning,
 }
 
 impl Mysql {
@@ -72,8 +76,13 @@ impl Mysql {
       }
     };
 
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+      .fetch_one(&mut conn)
+      .await
+      .map_err(|error| fail("reading the server version", error))?;
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
     if settings.create_table {
-      create_table(&mut conn, &names)
+      create_table(&mut conn, &names, &version, mariadb)
         .await
         .map_err(|error| fail("creating the table", error))?;
     }
@@ -118,6 +127,7 @@ impl Mysql {
       table: names.quoted_table(Quote::Backtick),
       sid: names.quoted_sid(Quote::Backtick),
       sid_guarded: !exact,
+      delete_returning: mariadb,
       label: label.to_owned(),
     })
   }
@@ -252,14 +262,25 @@ impl Mysql {
   ) -> Result<Option<Vec<u64>>> {
     let fail = |error| self.fail("set", error);
     let runs = runs(writes);
-    // One multi-row upsert commits atomically by itself; a transaction would add round trips.
+    // One multi-row upsert or `DELETE ... RETURNING` commits atomically by itself, and a
+    // transaction would add two round trips.
     if let [run] = runs.as_slice() {
-      if matches!(writes[0].op, WriteOp::Set { .. }) {
-        self
-          .set_run(&self.pool, &writes[run.clone()])
-          .await
-          .map_err(fail)?;
-        return Ok(Some(vec![1; writes.len()]));
+      match writes[0].op {
+        WriteOp::Set { .. } => {
+          self
+            .set_run(&self.pool, &writes[run.clone()])
+            .await
+            .map_err(fail)?;
+          return Ok(Some(vec![1; writes.len()]));
+        }
+        WriteOp::Destroy if self.delete_returning => {
+          let counts = self
+            .destroy_run(&self.pool, &writes[run.clone()])
+            .await
+            .map_err(fail)?;
+          return Ok(Some(counts));
+        }
+        _ => {}
       }
     }
     let mut tx = self.pool.begin().await.map_err(fail)?;
@@ -270,6 +291,10 @@ impl Mysql {
         if matches!(run[0].op, WriteOp::Set { .. }) {
           self.set_run(&mut *tx, run).await.map_err(fail)?;
           counts.extend(std::iter::repeat_n(1, run.len()));
+          continue;
+        }
+        if matches!(run[0].op, WriteOp::Destroy) && self.delete_returning {
+          counts.extend(self.destroy_run(&mut *tx, run).await.map_err(fail)?);
           continue;
         }
         // Each sid matches at most one row, so a total of 0 or of the run's length gives
@@ -342,6 +367,32 @@ impl Mysql {
     Ok(query.execute(executor).await?.rows_affected())
   }
 
+  /// Deletes a run of distinct sids with one `DELETE ... RETURNING` (MariaDB only); returns
+  /// each write's count.
+  async fn destroy_run<'c, E>(&self, executor: E, run: &[PendingWrite]) -> sqlx::Result<Vec<u64>>
+  where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+  {
+    let sql = self.batch_sql(Batch::DeleteReturning, run.len());
+    let mut query = sqlx::query(&sql);
+    for write in run.iter().chain(run) {
+      query = query.bind(&write.sid);
+    }
+    let rows = query.fetch_all(executor).await?;
+    // The binary comparison of the statement deleted exact sids only, so the returned sids
+    // are byte for byte those of the writes.
+    let mut deleted = Vec::with_capacity(rows.len());
+    for row in &rows {
+      deleted.push(row.try_get_unchecked::<Vec<u8>, _>(0)?);
+    }
+    Ok(
+      run
+        .iter()
+        .map(|write| u64::from(deleted.iter().any(|sid| sid == write.sid.as_bytes())))
+        .collect(),
+    )
+  }
+
   /// Upserts a run of sets with distinct sids in one statement.
   async fn set_run<'c, E>(&self, executor: E, run: &[PendingWrite]) -> sqlx::Result<()>
   where
@@ -391,6 +442,7 @@ impl Mysql {
           )
         }
         Batch::Destroy => format!("DELETE FROM {table} WHERE {exact}"),
+        Batch::DeleteReturning => format!("DELETE FROM {table} WHERE {exact} RETURNING {sid}"),
       }
       .into()
     });
@@ -455,12 +507,13 @@ async fn sid_is_exact(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::R
   Ok(binary_type || collation.contains("nopad_bin") || collation.ends_with("0900_bin"))
 }
 
-async fn create_table(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::Result<()> {
-  let version: String = sqlx::query_scalar("SELECT VERSION()")
-    .fetch_one(&mut *conn)
-    .await?;
+async fn create_table(
+  conn: &mut MySqlConnection,
+  names: &TableNames,
+  version: &str,
+  mariadb: bool,
+) -> sqlx::Result<()> {
   // Binary no-pad collations: `a` and `A`, and `a` and `a `, are different sids.
-  let mariadb = version.to_ascii_lowercase().contains("mariadb");
   let collation = if mariadb {
     "utf8mb4_nopad_bin"
   } else if version.starts_with('5') {
