@@ -280,7 +280,16 @@ impl Mysql {
             .map_err(fail)?;
           return Ok(Some(counts));
         }
-        _ => {}
+        // Running a touch again sets the same expiry and matches the same rows. So when the total
+        // does not give each touch its count, the touches run again one by one to get them.
+        WriteOp::Touch { .. } => {
+          let changed = self
+            .change_run(&self.pool, &writes[run.clone()], now)
+            .await
+            .map_err(fail)?;
+          return Ok(whole_counts(changed, writes.len()));
+        }
+        WriteOp::Destroy => {}
       }
     }
     let mut tx = self.pool.begin().await.map_err(fail)?;
@@ -297,13 +306,9 @@ impl Mysql {
           counts.extend(self.destroy_run(&mut *tx, run).await.map_err(fail)?);
           continue;
         }
-        // Each sid matches at most one row, so a total of 0 or of the run's length gives
-        // every write's count.
         let changed = self.change_run(&mut *tx, run, now).await.map_err(fail)?;
-        if changed == 0 {
-          counts.extend(std::iter::repeat_n(0, run.len()));
-        } else if usize::try_from(changed) == Ok(run.len()) {
-          counts.extend(std::iter::repeat_n(1, run.len()));
+        if let Some(run_counts) = whole_counts(changed, run.len()) {
+          counts.extend(run_counts);
         } else {
           tx.rollback().await.map_err(fail)?;
           return Ok(None);
@@ -367,7 +372,7 @@ impl Mysql {
     Ok(query.execute(executor).await?.rows_affected())
   }
 
-  /// Deletes a run of distinct sids with one `DELETE ... RETURNING` (MariaDB only); returns
+  /// Deletes a run of distinct sids with one `DELETE ... RETURNING` (MariaDB only) and returns
   /// each write's count.
   async fn destroy_run<'c, E>(&self, executor: E, run: &[PendingWrite]) -> sqlx::Result<Vec<u64>>
   where
@@ -505,6 +510,18 @@ async fn sid_is_exact(conn: &mut MySqlConnection, names: &TableNames) -> sqlx::R
     "varbinary" | "binary"
   );
   Ok(binary_type || collation.contains("nopad_bin") || collation.ends_with("0900_bin"))
+}
+
+/// Returns each write's count from the total a run of `len` touches or destroys changed. Each
+/// sid matches at most one row, so only a total of 0 or of `len` gives every count.
+fn whole_counts(changed: u64, len: usize) -> Option<Vec<u64>> {
+  if changed == 0 {
+    Some(vec![0; len])
+  } else if usize::try_from(changed) == Ok(len) {
+    Some(vec![1; len])
+  } else {
+    None
+  }
 }
 
 async fn create_table(
