@@ -903,6 +903,39 @@ describe('SQLite file shared by processes', () => {
     await assertNoStrayErrors(watch);
   });
 
+  it('sets behind a long lock fail together', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const watch = watchProcess(t);
+    const file = path.join(servers.tmpDir('sqlite'), 'sessions.sqlite');
+    const tableName = uniqueTable();
+    // A query timeout longer than the test, so each set settles by the lock alone.
+    const store = openStore(t, `sqlite://${file}`, tableName, { queryTimeoutMillis: 120000 });
+    await store.set('warm', session(0));
+
+    // The first set waits out SQLite's 5 s busy timeout alone and the nine queued behind it
+    // wait once more, as one batch: about 10 s in all, while the lock is held for 16 s.
+    const holder = runFixture('fault-sqlite-lock.js', [file, '16000']);
+    await holder.line('locked');
+    const sets = [];
+    for (let i = 0; i < 10; i += 1) sets.push(track(store.set(`l${i}`, session(i)), { op: 'set', sid: `l${i}` }));
+    const { releasingAt } = await holder.line('releasingAt');
+    const exit = await holder.exited;
+    assert.equal(exit.code, 0, `the lock holder failed: ${exit.stderr}`);
+
+    const pending = await pendingAfter(sets, SETTLE_BOUND_MS);
+    assert.equal(pending.length, 0, `sets still pending after the release:\n${describeCalls(pending)}`);
+    const late = sets.filter((call) => call.settledAt >= releasingAt);
+    assert.equal(late.length, 0, `sets that waited for the lock once per write:\n${describeCalls(late)}`);
+    const locked = sets.filter(
+      (call) => call.state === 'rejected' && call.error.code === 'ERR_DATABASE' && /locked/.test(call.error.message),
+    );
+    assert.equal(locked.length, sets.length, `sets that did not fail on the lock:\n${describeCalls(sets)}`);
+
+    await store.close();
+    assert.deepEqual([...storedSqliteSids(file, tableName)], ['warm'], 'a failed set was committed');
+
+    await assertNoStrayErrors(watch);
+  });
+
   it('two processes write one file', { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const watch = watchProcess(t);
     const file = path.join(servers.tmpDir('sqlite'), 'sessions.sqlite');

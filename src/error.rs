@@ -159,6 +159,31 @@ impl StoreError {
     }
   }
 
+  /// Returns the same error for another write of a failed batch, for the kinds that fail every
+  /// write of it alike: no pooled connection, a closed store, and errors of the database as a
+  /// whole, which `database_wide` selects by their code. Other errors may belong to one write.
+  pub fn copy_for_batch(&self, database_wide: impl Fn(&str) -> bool) -> Option<Self> {
+    match self {
+      Self::PoolTimeout { target } => Some(Self::PoolTimeout {
+        target: target.clone(),
+      }),
+      Self::Closed => Some(Self::Closed),
+      Self::Database {
+        operation,
+        target,
+        source: sqlx::Error::Database(db),
+      } if db.code().is_some_and(|code| database_wide(&code)) => Some(Self::Database {
+        operation,
+        target: target.clone(),
+        source: sqlx::Error::Database(Box::new(CopiedError {
+          message: db.message().to_owned(),
+          code: db.code().map(std::borrow::Cow::into_owned),
+        })),
+      }),
+      _ => None,
+    }
+  }
+
   /// Classifies a driver error raised while running `operation` against `target`.
   pub fn from_sqlx(operation: &'static str, target: &str, source: sqlx::Error) -> Self {
     match source {
@@ -198,6 +223,47 @@ impl StoreError {
         source,
       },
     }
+  }
+}
+
+/// A database error given to each write of a failed batch: its message and code.
+#[derive(Debug)]
+struct CopiedError {
+  message: String,
+  code: Option<String>,
+}
+
+impl fmt::Display for CopiedError {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.write_str(&self.message)
+  }
+}
+
+impl std::error::Error for CopiedError {}
+
+impl sqlx::error::DatabaseError for CopiedError {
+  fn message(&self) -> &str {
+    &self.message
+  }
+
+  fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+    self.code.as_deref().map(std::borrow::Cow::Borrowed)
+  }
+
+  fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+    self
+  }
+
+  fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+    self
+  }
+
+  fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+    self
+  }
+
+  fn kind(&self) -> sqlx::error::ErrorKind {
+    sqlx::error::ErrorKind::Other
   }
 }
 
@@ -252,6 +318,18 @@ mod tests {
     };
     let text = Coded(&error).to_string();
     assert!(text.starts_with("[ERR_TABLE_MISSING] table \"sessions\" does not exist"));
+  }
+
+  #[test]
+  fn batch_copies_shared_errors_only() {
+    let timeout = StoreError::PoolTimeout { target: "x".into() };
+    let copy = timeout.copy_for_batch(|_| false).map(|error| error.code());
+    assert_eq!(copy, Some("ERR_POOL_TIMEOUT"));
+    let invalid = StoreError::InvalidArgument {
+      name: "sid",
+      reason: "too long".into(),
+    };
+    assert!(invalid.copy_for_batch(|_| true).is_none());
   }
 
   #[test]

@@ -16,7 +16,7 @@ pub use sqlite_direct::Direct;
 use chrono::{DateTime, Utc};
 
 use crate::config::{PoolConfig, Target};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::schema::TableNames;
 
 /// Most rows one cleanup statement deletes, so a backlog of expired rows never holds a long lock.
@@ -304,8 +304,21 @@ impl Backend {
         Self::Postgres(db) => db.write_batch(writes, now).await,
         Self::Mysql(db) => db.write_batch(writes, now).await,
       };
-      if let Ok(Some(counts)) = batched {
-        return counts.into_iter().map(Ok).collect();
+      match batched {
+        Ok(Some(counts)) => return counts.into_iter().map(Ok).collect(),
+        // Run one by one, each write would meet the same error again (on SQLite, wait out
+        // the busy timeout once per write), so all of them fail now.
+        Err(error) => {
+          let wide = |code: &str| matches!(self, Self::Sqlite(_)) && sqlite::is_lock_code(code);
+          let copies: Option<Vec<StoreError>> = writes[1..]
+            .iter()
+            .map(|_| error.copy_for_batch(wide))
+            .collect();
+          if let Some(copies) = copies {
+            return std::iter::once(error).chain(copies).map(Err).collect();
+          }
+        }
+        Ok(None) => {}
       }
     }
     let mut results = Vec::with_capacity(writes.len());

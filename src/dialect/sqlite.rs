@@ -311,7 +311,15 @@ fn is_busy(error: &sqlx::Error) -> bool {
   error
     .as_database_error()
     .and_then(|db| db.code())
-    .is_some_and(|code| code == "5" || code == "6")
+    .is_some_and(|code| is_lock_code(&code))
+}
+
+/// Tells whether an SQLite result code is SQLITE_BUSY or SQLITE_LOCKED, or one of their
+/// extended codes (the low byte of an extended code is its primary code).
+pub(super) fn is_lock_code(code: &str) -> bool {
+  code
+    .parse::<i32>()
+    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// Errors of the setup steps, kept apart so driver errors get the right operation name.
