@@ -936,6 +936,38 @@ describe('SQLite file shared by processes', () => {
     await assertNoStrayErrors(watch);
   });
 
+  it('set timed out in queue never commits', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const watch = watchProcess(t);
+    const file = path.join(servers.tmpDir('sqlite'), 'sessions.sqlite');
+    const tableName = uniqueTable();
+    const store = openStore(t, `sqlite://${file}`, tableName, { queryTimeoutMillis: 1000 });
+    await store.set('warm', session(0));
+
+    // The other process holds the lock for 8 s. The first set times out at 1 s, and the second
+    // (made at 0.3 s) then starts behind it and waits on for the lock after its own timeout.
+    // The third, made at 1.2 s, times out while it still waits in the queue behind the second.
+    const holder = runFixture('fault-sqlite-lock.js', [file, '8000']);
+    await holder.line('locked');
+    const first = track(store.set('first', session(1)), { op: 'set', sid: 'first' });
+    await sleep(300);
+    const second = track(store.set('second', session(2)), { op: 'set', sid: 'second' });
+    await sleep(900);
+    const queued = track(store.set('queued', session(3)), { op: 'set', sid: 'queued' });
+    const exit = await holder.exited;
+    assert.equal(exit.code, 0, `the lock holder failed: ${exit.stderr}`);
+
+    const calls = [first, second, queued];
+    const pending = await pendingAfter(calls, SETTLE_BOUND_MS);
+    assert.equal(pending.length, 0, `sets still pending after the release:\n${describeCalls(pending)}`);
+    assert.equal(queued.state, 'rejected', `the queued set did not fail:\n${describeCalls([queued])}`);
+    assert.equal(queued.error.code, 'ERR_QUERY_TIMEOUT');
+    // close() waits for every write still queued, so the file is final after it.
+    await store.close();
+    assert.ok(!storedSqliteSids(file, tableName).has('queued'), 'the set that timed out in the queue was committed');
+
+    await assertNoStrayErrors(watch);
+  });
+
   it('two processes write one file', { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const watch = watchProcess(t);
     const file = path.join(servers.tmpDir('sqlite'), 'sessions.sqlite');

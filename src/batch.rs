@@ -168,6 +168,9 @@ async fn drain(lane: Arc<Lane>, backend: Arc<Backend>) {
           break;
         }
         match state.queue.pop_front() {
+          // Its caller timed out while it waited here and got ERR_QUERY_TIMEOUT, so it must
+          // never run.
+          Some(Queued::Write { reply, .. }) if reply.is_closed() => {}
           Some(Queued::Write { write, reply }) => {
             bytes += write.size();
             writes.push(write);
