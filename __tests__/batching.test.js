@@ -8,7 +8,7 @@ const { describe, it, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
 const { KnexSessionStore } = require('..');
-const { backends, expiresIn, openStore, quote, rawCount, uniqueTable } = require('./helpers');
+const { backends, expiresIn, openStore, quote, rawCount, sleep, uniqueTable } = require('./helpers');
 
 const LIVE = 60;
 const EXPIRED = 30;
@@ -131,6 +131,50 @@ for (const backend of backends) {
       assert.deepEqual(await Promise.all(writes), Array(20).fill(undefined));
       await closed;
       assert.equal(await rawCount(backend, ctx.raw, ctx.tableName), 20);
+    });
+  });
+}
+
+// A row lock held by another connection blocks the batch that writes that row. The lane must
+// give up on the batch at the query timeout, or every later write of the store would wait
+// behind it for as long as the lock is held.
+for (const backend of backends.filter((candidate) => candidate.name !== 'sqlite')) {
+  describe(`${backend.name} row lock held elsewhere`, { skip: backend.skip }, () => {
+    it('stalls later writes no longer than the timeout', async () => {
+      const ctx = await openStore(backend, { queryTimeoutMillis: 1000 });
+      const table = quote(backend, ctx.tableName);
+      const slowLocker = await backend.raw(ctx.url);
+      const locker = await backend.raw(ctx.url);
+      const lock = async (raw, sid) => {
+        await raw.query('BEGIN');
+        await raw.query(`SELECT sid FROM ${table} WHERE sid = ? FOR UPDATE`, [sid]);
+      };
+      try {
+        await ctx.store.set('slow', live(0));
+        await ctx.store.set('locked', live(1));
+        await lock(slowLocker, 'slow');
+        await lock(locker, 'locked');
+
+        // The write of 'slow' runs first and waits for its lock, so the write of 'locked'
+        // queues and runs in the batch after it, where it waits for the other lock.
+        const slow = ctx.store.set('slow', live(2));
+        await sleep(100);
+        const locked = ctx.store.set('locked', live(3));
+        await sleep(200);
+        await slowLocker.query('COMMIT');
+        await slow;
+        await assert.rejects(locked, { code: 'ERR_QUERY_TIMEOUT' });
+
+        // The lock is still held, and a write of another sid must not wait for it.
+        await ctx.store.set('after', live(4));
+        assert.equal((await ctx.store.get('after')).k, 4);
+      } finally {
+        await locker.query('ROLLBACK').catch(() => {});
+        await slowLocker.query('ROLLBACK').catch(() => {});
+        await locker.close();
+        await slowLocker.close();
+        await ctx.cleanup();
+      }
     });
   });
 }

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::oneshot;
@@ -57,13 +58,21 @@ impl Lane {
 pub struct WriteQueue {
   backend: Arc<Backend>,
   lanes: Vec<Arc<Lane>>,
+  /// Maximum time of one batch, after which the lane gives up on it and goes on.
+  timeout: Duration,
 }
 
 impl WriteQueue {
   /// Creates `lanes` idle lanes; drain tasks start on the current Tokio runtime when needed.
-  pub fn start(backend: Arc<Backend>, lanes: usize) -> Self {
+  /// A batch that runs longer than `timeout` fails, so a row lock held elsewhere cannot stop
+  /// the lane.
+  pub fn start(backend: Arc<Backend>, lanes: usize, timeout: Duration) -> Self {
     let lanes = (0..lanes.max(1)).map(|_| Arc::default()).collect();
-    Self { backend, lanes }
+    Self {
+      backend,
+      lanes,
+      timeout,
+    }
   }
 
   /// Commits a write, alone or in a batch, and returns the rows it changed.
@@ -90,6 +99,7 @@ impl WriteQueue {
     let _handoff = Handoff {
       lane: Arc::clone(lane),
       backend: Arc::clone(&self.backend),
+      timeout: self.timeout,
     };
     let mut results = self
       .backend
@@ -119,6 +129,7 @@ impl WriteQueue {
 struct Handoff {
   lane: Arc<Lane>,
   backend: Arc<Backend>,
+  timeout: Duration,
 }
 
 impl Drop for Handoff {
@@ -132,7 +143,8 @@ impl Drop for Handoff {
       // The lane stays busy: the drain task owns it until the queue is empty.
       Ok(runtime) => {
         drop(state);
-        runtime.spawn(drain(Arc::clone(&self.lane), Arc::clone(&self.backend)));
+        let (lane, backend) = (Arc::clone(&self.lane), Arc::clone(&self.backend));
+        runtime.spawn(drain(lane, backend, self.timeout));
       }
       // Only when the runtime is shutting down, with the process.
       Err(_) => {
@@ -149,7 +161,7 @@ impl Drop for Handoff {
 }
 
 /// Commits the queue of a busy lane in batches, then marks the lane idle.
-async fn drain(lane: Arc<Lane>, backend: Arc<Backend>) {
+async fn drain(lane: Arc<Lane>, backend: Arc<Backend>, timeout: Duration) {
   let mut writes = Vec::new();
   let mut replies = Vec::new();
   loop {
@@ -190,13 +202,29 @@ async fn drain(lane: Arc<Lane>, backend: Arc<Backend>) {
       let _ = reply.send(());
     }
     if !writes.is_empty() {
-      let results = backend.write_batch(&writes, Utc::now()).await;
+      // Dropping a batch that timed out closes its connection. A statement the server had
+      // started may still commit, as with any client that gives up on a query.
+      let batch = backend.write_batch(&writes, Utc::now());
+      let results = match tokio::time::timeout(timeout, batch).await {
+        Ok(results) => results,
+        Err(_) => writes
+          .iter()
+          .map(|write| Err(timed_out(write, timeout)))
+          .collect(),
+      };
       for (reply, result) in replies.drain(..).zip(results) {
         // A caller that timed out has dropped its receiver; nothing is left to tell.
         let _ = reply.send(result);
       }
       writes.clear();
     }
+  }
+}
+
+fn timed_out(write: &PendingWrite, timeout: Duration) -> StoreError {
+  StoreError::QueryTimeout {
+    operation: write.op.name(),
+    millis: timeout.as_millis(),
   }
 }
 

@@ -240,12 +240,13 @@ impl Store {
         let backend = self
           .bounded("setup", Backend::open(&self.target, &self.settings))
           .await?;
-        let lanes = backend.write_lanes(self.settings.pool.max);
+        let lanes = backend.write_lanes();
         let slots = backend.read_slots(self.settings.pool.max);
         let backend = Arc::new(backend);
         let wait = self.settings.pool.acquire();
         let reads = ReadQueue::start(Arc::clone(&backend), slots, wait, self.target.label());
-        let writes = WriteQueue::start(Arc::clone(&backend), lanes);
+        let timeout = self.settings.query_timeout;
+        let writes = WriteQueue::start(Arc::clone(&backend), lanes, timeout);
         Ok::<_, StoreError>(Opened {
           backend,
           reads,

@@ -19,8 +19,14 @@ pub struct Postgres {
   sql: Statements,
   liveness: Liveness,
   batch: BatchStatements,
+  /// True when the connections plan every statement for its parameters, so the multi-row
+  /// statements can be prepared (see `BatchStatements`).
+  custom_plans: bool,
   label: String,
 }
+
+/// `plan_cache_mode` appeared in PostgreSQL 12.
+const PLAN_CACHE_MODE_SINCE: u32 = 120_000;
 
 impl Postgres {
   pub async fn open(
@@ -75,11 +81,25 @@ impl Postgres {
     let sess_type = column_type(&columns, "sess");
     let sql = statements(&names, &sess_type, zone.as_deref());
     let batch = batch_statements(&names, &sess_type, zone.as_deref());
+    let custom_plans = conn
+      .server_version_num()
+      .is_some_and(|version| version >= PLAN_CACHE_MODE_SINCE);
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let liveness = Liveness::default();
-    let pool = liveness
-      .pool_options()
+    let mut pool_options = liveness.pool_options();
+    if custom_plans {
+      // Set per connection rather than as a startup option, which PgBouncer rejects.
+      pool_options = pool_options.after_connect(|conn, _| {
+        Box::pin(async move {
+          sqlx::query("SET plan_cache_mode = force_custom_plan")
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+      });
+    }
+    let pool = pool_options
       .max_connections(pool.max.unwrap_or(10).max(1))
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
@@ -90,6 +110,7 @@ impl Postgres {
       liveness,
       sql,
       batch,
+      custom_plans,
       label: label.to_owned(),
     })
   }
@@ -106,7 +127,7 @@ impl Postgres {
   /// Looks several sids up with one query; the result is in the order of `sids`.
   pub async fn get_many(&self, sids: &[String], now: DateTime<Utc>) -> Result<Vec<Option<String>>> {
     let rows: Vec<(String, String)> = sqlx::query_as(&self.batch.get)
-      .persistent(false)
+      .persistent(self.custom_plans)
       .bind(sids)
       .bind(now)
       .fetch_all(&self.pool)
@@ -251,7 +272,7 @@ impl Postgres {
           })
           .collect();
         sqlx::query_scalar(&self.batch.touch)
-          .persistent(false)
+          .persistent(self.custom_plans)
           .bind(&sids)
           .bind(&expiries)
           .bind(now)
@@ -260,7 +281,7 @@ impl Postgres {
       }
       WriteOp::Destroy => {
         sqlx::query_scalar(&self.batch.destroy)
-          .persistent(false)
+          .persistent(self.custom_plans)
           .bind(&sids)
           .fetch_all(executor)
           .await?
@@ -407,9 +428,11 @@ fn statements(names: &TableNames, sess_type: &str, naive_zone: Option<&str>) -> 
 
 /// Multi-row forms of get, set, touch and destroy, taking one array per column.
 ///
-/// All but `set` run unprepared, so PostgreSQL plans each run for its own sids. After five runs
-/// a prepared statement may switch to a cached generic plan (see `plan_cache_mode` in the
-/// PostgreSQL manual), and one made while the table was nearly empty scans the whole table.
+/// After five runs a prepared statement may switch to a cached generic plan (see
+/// `plan_cache_mode` in the PostgreSQL manual), and one made while the table was nearly empty
+/// scans the whole table once it has grown. So the connections set `plan_cache_mode` to
+/// `force_custom_plan`, and before PostgreSQL 12, which lacks it, get, touch and destroy run
+/// unprepared, which costs one more round trip per batch.
 struct BatchStatements {
   get: String,
   set: String,
