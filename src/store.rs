@@ -127,7 +127,8 @@ impl Store {
   }
 
   // Writes go through the group-commit lanes of `batch`.
-  // NOTE: a write that hits the query timeout may still be committed afterwards by its lane.
+  // NOTE: a write that hits the query timeout may still be committed afterwards, even after a
+  // later write of its sid, when the server had already started its statement.
 
   pub async fn set(&self, sid: String, sess: String, expires_ms: f64) -> Result<()> {
     let expires = instant("expires", expires_ms)?;
