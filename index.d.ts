@@ -39,7 +39,10 @@ declare namespace connectSessionKnex {
     | 'ERR_CONNECTION_LOST'
     /** No connection became free within `pool.acquireTimeoutMillis`. */
     | 'ERR_POOL_TIMEOUT'
-    /** A call took longer than `queryTimeoutMillis`. */
+    /**
+     * A call took longer than `queryTimeoutMillis`, or the server ended its statement at the
+     * limits the store sets from it (a row lock held by another client, say).
+     */
     | 'ERR_QUERY_TIMEOUT'
     /** The session's JSON is larger than `maxSessionBytes`, so nothing is written (`RangeError`). */
     | 'ERR_SESSION_TOO_LARGE'
@@ -163,7 +166,9 @@ declare namespace connectSessionKnex {
     maxSessionBytes?: number;
     /**
      * Maximum time one call may take, in milliseconds, waiting for a connection included. A
-     * slower call fails with `ERR_QUERY_TIMEOUT`. An integer from 1 to 4294967295. Default `15000`.
+     * slower call fails with `ERR_QUERY_TIMEOUT`. On PostgreSQL and MySQL/MariaDB the server's
+     * statement time limit is set to it and its row-lock wait limit to a quarter of it. An
+     * integer from 1 to 4294967295. Default `15000`.
      */
     queryTimeoutMillis?: number;
     /** The connection pool. knex's `pool: { min, max }` is used when this is absent. */

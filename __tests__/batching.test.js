@@ -4,6 +4,7 @@
 // sids (one multi-row lookup on MySQL), and touches and destroys of many sids
 // (multi-row statements). Each call must still get its own row and its own count.
 const fs = require('node:fs');
+const { performance } = require('node:perf_hooks');
 const { describe, it, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
@@ -135,26 +136,35 @@ for (const backend of backends) {
   });
 }
 
-// A row lock held by another connection blocks the batch that writes that row. The lane must
-// give up on the batch at the query timeout, or every later write of the store would wait
-// behind it for as long as the lock is held.
+// A row lock held by another connection blocks the statements that write that row. The server
+// ends such a statement after a quarter of the query timeout, so the lock fails only the
+// writes of its row: the writes batched or queued with them go on, the pool keeps its
+// connections, and close() does not wait for the lock.
 for (const backend of backends.filter((candidate) => candidate.name !== 'sqlite')) {
-  describe(`${backend.name} row lock held elsewhere`, { skip: backend.skip }, () => {
-    it('stalls later writes no longer than the timeout', async () => {
-      const ctx = await openStore(backend, { queryTimeoutMillis: 1000 });
-      const table = quote(backend, ctx.tableName);
-      const slowLocker = await backend.raw(ctx.url);
-      const locker = await backend.raw(ctx.url);
-      const lock = async (raw, sid) => {
-        await raw.query('BEGIN');
-        await raw.query(`SELECT sid FROM ${table} WHERE sid = ? FOR UPDATE`, [sid]);
-      };
-      try {
-        await ctx.store.set('slow', live(0));
-        await ctx.store.set('locked', live(1));
-        await lock(slowLocker, 'slow');
-        await lock(locker, 'locked');
+  describe(`${backend.name} row lock held elsewhere`, { skip: backend.skip, timeout: 60000 }, () => {
+    let ctx;
+    let locker;
+    const lock = async (raw, sid) => {
+      await raw.query('BEGIN');
+      await raw.query(`SELECT sid FROM ${quote(backend, ctx.tableName)} WHERE sid = ? FOR UPDATE`, [sid]);
+    };
+    beforeEach(async () => {
+      ctx = await openStore(backend, { queryTimeoutMillis: 3000 });
+      await ctx.store.set('locked', live(0));
+      locker = await backend.raw(ctx.url);
+      await lock(locker, 'locked');
+    });
+    afterEach(async () => {
+      await locker.query('ROLLBACK').catch(() => {});
+      await locker.close();
+      await ctx.cleanup();
+    });
 
+    it('stalls later writes no longer than the timeout', async () => {
+      const slowLocker = await backend.raw(ctx.url);
+      try {
+        await ctx.store.set('slow', live(1));
+        await lock(slowLocker, 'slow');
         // The write of 'slow' runs first and waits for its lock, so the write of 'locked'
         // queues and runs in the batch after it, where it waits for the other lock.
         const slow = ctx.store.set('slow', live(2));
@@ -164,17 +174,43 @@ for (const backend of backends.filter((candidate) => candidate.name !== 'sqlite'
         await slowLocker.query('COMMIT');
         await slow;
         await assert.rejects(locked, { code: 'ERR_QUERY_TIMEOUT' });
-
         // The lock is still held, and a write of another sid must not wait for it.
         await ctx.store.set('after', live(4));
         assert.equal((await ctx.store.get('after')).k, 4);
       } finally {
-        await locker.query('ROLLBACK').catch(() => {});
         await slowLocker.query('ROLLBACK').catch(() => {});
-        await locker.close();
         await slowLocker.close();
-        await ctx.cleanup();
       }
+    });
+
+    it('fails only the locked row', async () => {
+      const locked = ctx.store.set('locked', live(1));
+      const others = Array.from({ length: 5 }, (_, i) => ctx.store.set(`fresh${i}`, live(i)));
+      await assert.rejects(locked, { code: 'ERR_QUERY_TIMEOUT' });
+      const settled = await Promise.allSettled(others);
+      assert.deepEqual(
+        settled.map((result) => (result.status === 'rejected' ? result.reason.code : 'ok')),
+        ['ok', 'ok', 'ok', 'ok', 'ok'],
+      );
+      assert.equal(await rawCount(backend, ctx.raw, ctx.tableName), 6);
+    });
+
+    it('keeps the pool usable', async () => {
+      // One more timed-out write than the pool has connections.
+      for (let i = 0; i < 11; i += 1) {
+        await assert.rejects(ctx.store.set('locked', live(i)), { code: 'ERR_QUERY_TIMEOUT' });
+      }
+      assert.equal(await ctx.store.get('other'), null);
+      await ctx.store.set('other', live(1));
+      assert.equal(await ctx.store.length(), 2);
+    });
+
+    it('closes without waiting for the lock', async () => {
+      await assert.rejects(ctx.store.set('locked', live(1)), { code: 'ERR_QUERY_TIMEOUT' });
+      const started = performance.now();
+      await ctx.store.close();
+      const took = performance.now() - started;
+      assert.ok(took < 3000, `close() took ${Math.round(took)} ms while the lock was held`);
     });
   });
 }

@@ -100,6 +100,19 @@ pub enum StoreError {
     millis: u128,
   },
 
+  /// The server ended a statement that waited too long for a row lock or ran past the
+  /// statement time limit, both of which the store sets from the query timeout.
+  #[error(
+    "{operation} was stopped by {target}: {source}. Another client may hold a lock on the \
+     session's row, or the database is slow; raise queryTimeoutMillis if such waits are expected"
+  )]
+  ServerTimeout {
+    operation: &'static str,
+    target: String,
+    #[source]
+    source: sqlx::Error,
+  },
+
   /// A MySQL/MariaDB table whose sid collation ignores case or trailing spaces already contains
   /// a sid equal to this one under that collation.
   #[error(
@@ -141,7 +154,7 @@ impl StoreError {
       Self::Connect { .. } | Self::OpenFile { .. } => "ERR_CONNECTION_FAILED",
       Self::ConnectionLost { .. } => "ERR_CONNECTION_LOST",
       Self::PoolTimeout { .. } => "ERR_POOL_TIMEOUT",
-      Self::QueryTimeout { .. } => "ERR_QUERY_TIMEOUT",
+      Self::QueryTimeout { .. } | Self::ServerTimeout { .. } => "ERR_QUERY_TIMEOUT",
       Self::SidConflict { .. } => "ERR_SID_CONFLICT",
       Self::Closed => "ERR_STORE_CLOSED",
       Self::CorruptRow { .. } => "ERR_CORRUPT_SESSION",
@@ -213,6 +226,11 @@ impl StoreError {
         target: target.to_owned(),
         source,
       },
+      sqlx::Error::Database(ref db) if is_server_timeout(db.as_ref()) => Self::ServerTimeout {
+        operation,
+        target: target.to_owned(),
+        source,
+      },
       sqlx::Error::Database(ref db) if is_login_failure(db.code().as_deref()) => Self::Connect {
         target: target.to_owned(),
         source,
@@ -279,6 +297,18 @@ fn is_refused(error: &std::io::Error) -> bool {
 /// or terminated backend, 57P02 crash shutdown, 57P03 cannot connect now.
 fn is_terminated(code: Option<&str>) -> bool {
   matches!(code, Some("57P01" | "57P02" | "57P03"))
+}
+
+/// Tells whether the server ended a statement at a time limit.
+fn is_server_timeout(error: &dyn sqlx::error::DatabaseError) -> bool {
+  // MySQL and MariaDB report these with the generic SQLSTATE HY000, so the error number
+  // identifies them: 1205 innodb_lock_wait_timeout, 1969 MariaDB's max_statement_time, 3024
+  // MySQL's max_execution_time.
+  if let Some(mysql) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+    return matches!(mysql.number(), 1205 | 1969 | 3024);
+  }
+  // PostgreSQL: 55P03 lock_timeout, 57014 statement_timeout (or a cancel request).
+  matches!(error.code().as_deref(), Some("55P03" | "57014"))
 }
 
 /// Tells whether a database error code means the server refused the login or the database name.

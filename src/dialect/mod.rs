@@ -26,6 +26,14 @@ pub const CLEANUP_BATCH: u32 = 5_000;
 /// that an exhausted pool reports ERR_POOL_TIMEOUT first.
 pub const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Returns how long a statement may wait for a row lock before the server ends it: a quarter
+/// of the query timeout. A batch stopped by a lock held by another client then runs its writes
+/// again one by one, so only the write of the locked row fails, and the others still finish
+/// within the query timeout.
+pub fn lock_timeout(query_timeout: std::time::Duration) -> std::time::Duration {
+  (query_timeout / 4).max(std::time::Duration::from_millis(1))
+}
+
 /// Table names and limits a backend is opened with, besides its target.
 #[derive(Clone, Debug)]
 pub struct Settings {

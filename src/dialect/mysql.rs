@@ -23,9 +23,8 @@ use super::{
 use crate::error::{Result, StoreError};
 use crate::schema::{Quote, TableNames};
 
-/// InnoDB error numbers after which the same statement may simply run again.
+/// InnoDB error number after which the same statement may simply run again.
 const DEADLOCK: u16 = 1213;
-const LOCK_WAIT_TIMEOUT: u16 = 1205;
 /// "Column cannot be null": raised on purpose by the guarded upsert of `statements`.
 const COLUMN_NULL: u16 = 1048;
 
@@ -102,20 +101,16 @@ impl Mysql {
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let liveness = Liveness::default();
+    let session: Arc<str> = session_settings(settings, mariadb).into();
     let pool = liveness
       .pool_options()
       .max_connections(pool.max.unwrap_or(10).max(1))
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
       .idle_timeout(pool.idle())
-      // Strict mode makes an over-long sid or a NULL an error instead of a silent change.
-      .after_connect(|conn, _| {
-        Box::pin(async move {
-          sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
-            .execute(conn)
-            .await
-            .map(|_| ())
-        })
+      .after_connect(move |conn, _| {
+        let session = Arc::clone(&session);
+        Box::pin(async move { sqlx::query(&session).execute(conn).await.map(|_| ()) })
       })
       .connect_lazy_with(options.clone());
     Ok(Self {
@@ -482,7 +477,35 @@ impl Mysql {
 }
 
 fn is_retryable(error: &sqlx::Error) -> bool {
-  matches!(error_number(error), Some(DEADLOCK | LOCK_WAIT_TIMEOUT))
+  error_number(error) == Some(DEADLOCK)
+}
+
+/// Returns the `SET` every pooled connection runs.
+///
+/// Strict mode makes an over-long sid or a NULL an error instead of a silent change. The lock
+/// wait limit (whole seconds, at least 1) and MariaDB's `max_statement_time` make the server end
+/// a statement that a call gave up on, so it never keeps its connection busy there. MySQL 8
+/// has no such limit for writes, only `max_execution_time` for `SELECT`.
+fn session_settings(settings: &Settings, mariadb: bool) -> String {
+  let lock_seconds = super::lock_timeout(settings.query_timeout)
+    .as_millis()
+    .div_ceil(1000)
+    .max(1);
+  let statement = if mariadb {
+    format!(
+      "SESSION max_statement_time = {:.3}",
+      settings.query_timeout.as_secs_f64()
+    )
+  } else {
+    format!(
+      "SESSION max_execution_time = {}",
+      settings.query_timeout.as_millis()
+    )
+  };
+  format!(
+    "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), \
+     SESSION innodb_lock_wait_timeout = {lock_seconds}, {statement}"
+  )
 }
 
 fn error_number(error: &sqlx::Error) -> Option<u16> {

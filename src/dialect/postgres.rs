@@ -87,19 +87,14 @@ impl Postgres {
     conn.close().await.map_err(|error| fail("setup", error))?;
 
     let liveness = Liveness::default();
-    let mut pool_options = liveness.pool_options();
-    if custom_plans {
-      // Set per connection rather than as a startup option, which PgBouncer rejects.
-      pool_options = pool_options.after_connect(|conn, _| {
-        Box::pin(async move {
-          sqlx::query("SET plan_cache_mode = force_custom_plan")
-            .execute(conn)
-            .await
-            .map(|_| ())
-        })
-      });
-    }
-    let pool = pool_options
+    let session: std::sync::Arc<str> = session_settings(settings, custom_plans).into();
+    let pool = liveness
+      .pool_options()
+      // Set per connection rather than as startup options, which PgBouncer rejects.
+      .after_connect(move |conn, _| {
+        let session = std::sync::Arc::clone(&session);
+        Box::pin(async move { sqlx::query(&session).execute(conn).await.map(|_| ()) })
+      })
       .max_connections(pool.max.unwrap_or(10).max(1))
       .min_connections(pool.min.unwrap_or(0))
       .acquire_timeout(pool.acquire())
@@ -309,6 +304,24 @@ impl Postgres {
     self.liveness.note(&error);
     error
   }
+}
+
+/// Returns the statement every pooled connection runs first, one `set_config` per setting so
+/// that it takes one round trip. The server ends a statement that outlives the query timeout,
+/// or that waits for a row lock longer than `lock_timeout`, so a call that timed out never
+/// keeps its connection busy on the server.
+fn session_settings(settings: &Settings, custom_plans: bool) -> String {
+  let millis = |limit: std::time::Duration| limit.as_millis().min(i32::MAX as u128);
+  let statement = millis(settings.query_timeout);
+  let lock = millis(super::lock_timeout(settings.query_timeout));
+  let mut sql = format!(
+    "SELECT set_config('statement_timeout', '{statement}', false), \
+     set_config('lock_timeout', '{lock}', false)"
+  );
+  if custom_plans {
+    sql.push_str(", set_config('plan_cache_mode', 'force_custom_plan', false)");
+  }
+  sql
 }
 
 /// Creates the table, or with `index_only` its expiry index, when missing. The index comes
