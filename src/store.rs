@@ -25,6 +25,8 @@ pub struct Store {
   closed: AtomicBool,
   /// True while a WAL checkpoint runs.
   checkpointing: AtomicBool,
+  /// True while the last step of a checkpoint runs, which needs the write lock.
+  restarting: AtomicBool,
 }
 
 /// An open backend with the read slots and write lanes that feed it.
@@ -45,6 +47,7 @@ impl Store {
       opened: OnceCell::new(),
       closed: AtomicBool::new(false),
       checkpointing: AtomicBool::new(false),
+      restarting: AtomicBool::new(false),
     })
   }
 
@@ -91,9 +94,10 @@ impl Store {
   }
 
   fn write_now(&self, sid: String, op: WriteOp) -> Option<u64> {
-    // A checkpoint needs the write lock for a moment. Direct writes, which take it on every
-    // turn of the event loop, starved it, so they go through the async writer meanwhile.
-    if self.checkpointing.load(Ordering::Acquire) {
+    // The last step of a checkpoint needs the write lock for a moment. Direct writes, which
+    // take it on every turn of the event loop, starved it, so they go through the async
+    // writer meanwhile.
+    if self.restarting.load(Ordering::Acquire) {
       return None;
     }
     self.direct()?.write(&PendingWrite { sid, op }, Utc::now())
@@ -110,10 +114,21 @@ impl Store {
 
   /// Checkpoints the WAL grown by direct writes, after `commit_now` asked for it. Errors are
   /// left for the next checkpoint.
+  ///
+  /// A passive checkpoint first copies the WAL into the file while direct writes go on, then
+  /// a restarting one copies what they appended meanwhile and lets the WAL start over. Direct
+  /// writes pause only for the second, which has little left to copy. With the restarting
+  /// step alone, direct writes paused for 3-9 ms, at times 30-75 ms, every 2,000 writes.
   pub async fn checkpoint(&self) {
     if let Some(opened) = self.opened.get() {
-      if !self.closed.load(Ordering::Acquire) {
-        let _ = opened.backend.checkpoint().await;
+      let open = || !self.closed.load(Ordering::Acquire);
+      if open() {
+        let _ = opened.backend.checkpoint(false).await;
+      }
+      if open() {
+        self.restarting.store(true, Ordering::Release);
+        let _ = opened.backend.checkpoint(true).await;
+        self.restarting.store(false, Ordering::Release);
       }
     }
     self.checkpointing.store(false, Ordering::Release);

@@ -363,10 +363,11 @@ impl Backend {
     }
   }
 
-  /// Checkpoints the WAL that direct writes grow; nothing to do on the servers.
-  pub async fn checkpoint(&self) -> Result<()> {
+  /// Checkpoints the WAL that direct writes grow, passively or with `restart`; nothing to do
+  /// on the servers.
+  pub async fn checkpoint(&self, restart: bool) -> Result<()> {
     match self {
-      Self::Sqlite(db) => db.checkpoint().await,
+      Self::Sqlite(db) => db.checkpoint(restart).await,
       _ => Ok(()),
     }
   }

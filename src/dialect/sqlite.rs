@@ -267,11 +267,17 @@ impl Sqlite {
   }
 
   /// Copies the WAL written by the direct connection into the file, on the async writer.
-  /// RESTART holds the write lock until the copy is done and readers have left the WAL, so
-  /// the next write starts the WAL over. A passive checkpoint beside ongoing writes never
-  /// gets that far, and the WAL grew without bound.
-  pub async fn checkpoint(&self) -> Result<()> {
-    sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+  /// With `restart` (RESTART) it holds the write lock until the copy is done and readers have
+  /// left the WAL, so the next write starts the WAL over. Without it (PASSIVE) it copies what
+  /// it can beside ongoing writes. Passive checkpoints alone never got that far under steady
+  /// writes, and the WAL grew without bound.
+  pub async fn checkpoint(&self, restart: bool) -> Result<()> {
+    let sql = if restart {
+      "PRAGMA wal_checkpoint(RESTART)"
+    } else {
+      "PRAGMA wal_checkpoint(PASSIVE)"
+    };
+    sqlx::query(sql)
       .execute(&self.writer)
       .await
       .map_err(|error| self.fail("checkpoint", error))?;
