@@ -138,7 +138,7 @@ for (const backend of backends) {
 
 // A row lock held by another connection blocks the statements that write that row. The server
 // ends such a statement after a quarter of the query timeout, so the lock fails only the
-// writes of its row: the writes batched or queued with them go on, the pool keeps its
+// writes of its row. The writes batched or queued with them go on, the pool keeps its
 // connections, and close() does not wait for the lock.
 for (const backend of backends.filter((candidate) => candidate.name !== 'sqlite')) {
   describe(`${backend.name} row lock held elsewhere`, { skip: backend.skip, timeout: 60000 }, () => {

@@ -44,7 +44,7 @@ function buildApp(store, failures) {
 }
 
 /**
- * Returns a middleware that holds a request until the previous request carrying the same
+ * Returns a middleware that delays a request until the previous request carrying the same
  * cookie has finished. Cookies are sent in turn, so two requests share a session only when one
  * lags behind the others by a whole round of sessions, during a long pause for instance. Then
  * both would read the same view count and one increment would be lost, as in any app whose

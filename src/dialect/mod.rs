@@ -392,10 +392,10 @@ impl Backend {
   /// Returns how many write lanes run at once: one on every backend. SQLite has a single
   /// writer. On the servers one lane gathers every write that arrives while a batch runs into
   /// the next batch, and a commit of many rows costs the server little more than a commit of
-  /// one. Measured with 16 writes in flight on a 2-core machine that also ran the server: one
-  /// lane did 13,000-21,000 writes/s on PostgreSQL 15 and 14,000-21,000/s on MariaDB 10.11,
-  /// with a third of the server CPU per write that four lanes used (7,000-10,000/s and
-  /// 10,000-14,000/s).
+  /// one. Measured with 16 writes in flight on a 2-core machine that also ran the server, one
+  /// lane did 13,000-21,000 writes/s on PostgreSQL 15 and 14,000-21,000/s on MariaDB 10.11.
+  /// Four lanes did 7,000-10,000/s and 10,000-14,000/s, with three times the server CPU per
+  /// write.
   pub fn write_lanes(&self) -> usize {
     1
   }
